@@ -1,0 +1,7 @@
+"""`python -m harness` is the `netharness` command (the fork server's reaper uses it)."""
+
+import sys
+
+from harness.cli import main
+
+sys.exit(main())

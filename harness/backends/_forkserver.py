@@ -1,0 +1,220 @@
+"""Controller side of hostagent.forkserver: spawn processes in namespaces, learn their exits."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import errno
+import json
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from harness.errors import BackendError
+
+
+class ForkedProcess:
+    """A process the fork server started; satisfies `harness.backends.base.Process`."""
+
+    def __init__(self, server: ForkServerClient, pid: int) -> None:
+        self._server = server
+        self._pid = pid
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exit.result() if self._exit.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def kill(self, signal: int) -> None:
+        if not self._exit.done():
+            self._server.kill(self._pid, signal)
+
+    def _exited(self, status: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(status)
+
+
+class ForkServerClient:
+    """One fork server per lab; it reaps the lab by running `on_orphan` if we die."""
+
+    def __init__(self, on_orphan: Sequence[str], log_path: str) -> None:
+        self._on_orphan = list(on_orphan)
+        self._log_path = log_path
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._seq = 0
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._children: dict[int, ForkedProcess] = {}
+        self._early_exits: dict[int, int] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        """Start the server process (returns at once; it gets ready in the background)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with open(self._log_path, "ab") as log:
+                self._proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "hostagent.forkserver",
+                        str(theirs.fileno()),
+                        json.dumps(self._on_orphan),
+                    ],
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,  # Ctrl-C goes to us; we tear down in order
+                )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+
+    def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+        if self._sock is None:
+            raise BackendError("fork server is not running")
+        data = json.dumps(message).encode()
+        ancillary = []
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        # Small datagrams on a local socket: a full buffer here means the server is stuck.
+        self._sock.setblocking(True)
+        try:
+            self._sock.sendmsg([data], ancillary)
+        except OSError as exc:
+            raise BackendError(f"fork server: {exc.strerror}", code=exc.errno) from exc
+        finally:
+            self._sock.setblocking(False)
+
+    async def spawn(
+        self,
+        netns_path: str,
+        argv: Sequence[str] | None,
+        stdio: Sequence[int],
+        env: dict[str, str] | None = None,
+    ) -> ForkedProcess:
+        self._seq += 1
+        seq = self._seq
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        message = {
+            "op": "spawn",
+            "seq": seq,
+            "netns": netns_path,
+            "argv": list(argv) if argv is not None else None,
+            "env": env,
+        }
+        try:
+            self._send(message, stdio)
+            pid = await future
+        finally:
+            self._pending.pop(seq, None)
+        process = ForkedProcess(self, pid)
+        self._children[pid] = process
+        if pid in self._early_exits:
+            process._exited(self._early_exits.pop(pid))
+        return process
+
+    def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        self._send({"op": "kill", "pid": pid, "signal": sig})
+
+    def detach(self, lock_fd: int, drain: Sequence[int], hold: Sequence[int]) -> None:
+        """Hand the lab to the server: it keeps it alive until SIGTERM, then cleans it.
+
+        `lock_fd` is our own open lock file, so the lab's lock is held throughout; `drain`
+        are the agents' stdout pipes (read and dropped), `hold` their stdin pipes.
+        """
+        self._send({"op": "detach", "drain": len(drain)}, [lock_fd, *drain, *hold])
+
+    def _on_readable(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                data = self._sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._lost("fork server exited")
+                return
+            self._dispatch(json.loads(data))
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if "exited" in message:
+            pid, status = int(message["exited"]), int(message["status"])
+            child = self._children.pop(pid, None)
+            if child is None:
+                self._early_exits[pid] = status
+            else:
+                child._exited(status)
+            return
+        future = self._pending.get(message.get("seq", -1))
+        if future is None or future.done():
+            return
+        if "pid" in message:
+            future.set_result(int(message["pid"]))
+        else:
+            code = getattr(errno, str(message.get("errno")), None)
+            future.set_exception(BackendError(f"spawn failed: {message.get('error')}", code=code))
+
+    def _lost(self, why: str) -> None:
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BackendError(why))
+        for child in self._children.values():
+            child._exited(-signal.SIGKILL)
+        self._children.clear()
+
+    async def close(self, orderly: bool = True) -> None:
+        """Stop the server; `orderly` tells it not to run the orphan clean-up."""
+        if self._sock is None:
+            return
+        if orderly:
+            with contextlib.suppress(BackendError):
+                self._send({"op": "exit"})
+        asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
+        if self._proc is not None:
+            proc = self._proc
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 5)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        for child in self._children.values():
+            child._exited(-signal.SIGKILL)
+        self._children.clear()
+
+    def forget(self) -> None:
+        """After detach: drop our end without telling the server (it owns the lab now)."""
+        if self._sock is not None:
+            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._proc is not None:
+            self._proc.returncode = 0  # not ours to wait for any more
+            self._proc = None

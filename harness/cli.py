@@ -1,0 +1,307 @@
+"""The `netharness` command. The only place that prints errors and chooses exit codes.
+
+Exit codes: 0 success, 1 a check failed, 2 bad input or usage, 3 an environment problem,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from harness import ledger as _ledger
+from harness.errors import HarnessError, LabNotFound, TopologyError, UsageError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+json_option = click.option("--json", "json_out", is_flag=True, help="Print JSON for scripts.")
+topology_argument = click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
+lab_argument = click.argument("lab")
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 ok, 1 a check failed, 2 bad input, 3 environment, 130 interrupted.",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def app(debug: bool) -> None:
+    """Bring up labs of hosts from YAML topologies and test the transport layer across them."""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def validate(files: tuple[Path, ...]) -> None:
+    """Check topology files without creating anything; report every problem at once."""
+    from harness.topology import load_topology
+
+    problems: list[Any] = []
+    for file in files:
+        try:
+            topology = load_topology(file)
+        except TopologyError as exc:
+            problems.extend(exc.problems)
+            continue
+        out.print(
+            f"{file}: ok — topology {topology.name!r}, {len(topology.hosts)} hosts, "
+            f"{len(topology.networks)} networks"
+        )
+    if problems:
+        raise TopologyError(problems)
+
+
+@app.command()
+@topology_argument
+@json_option
+@click.option("--backend", default=None, help="Backend for every host (default: netns).")
+def up(topology: Path, json_out: bool, backend: str | None) -> None:
+    """Bring a lab up and leave it running; prints its id and hosts."""
+    from harness.lab import Lab
+    from harness.topology import load_topology
+
+    spec = load_topology(topology)
+    lab = Lab.up(spec, backend=backend)
+    try:
+        info = lab.describe()
+        owner = lab.detach()
+    except BaseException:
+        lab.down()
+        raise
+    if json_out:
+        _print_json(
+            {
+                "id": lab.id,
+                "owner_pid": owner,
+                "hosts": {n: h["addresses"] for n, h in info["hosts"].items()},
+                "netns": {n: h["netns"] for n, h in info["hosts"].items()},
+            }
+        )
+        return
+    out.print(
+        f"lab [bold]{lab.id}[/bold] is up: topology {spec.name!r}, "
+        f"{len(lab.hosts)} hosts in {lab.timings['up'] * 1000:.0f} ms (owner pid {owner})"
+    )
+    table = Table("host", "namespace", "addresses", box=None, pad_edge=False)
+    for name, host in info["hosts"].items():
+        addrs = "  ".join(f"{net}: {', '.join(a)}" for net, a in host["addresses"].items())
+        table.add_row(name, host["netns"], addrs)
+    out.print(table)
+    out.print(
+        f"enter a host: netharness shell {lab.id} <host>   tear down: netharness down {lab.id}"
+    )
+
+
+@app.command("ls")
+@json_option
+def list_labs(json_out: bool) -> None:
+    """List the labs on this machine: hosts, owner pid, age, and whether the owner lives."""
+    rows: list[dict[str, Any]] = []
+    for record in _ledger.list_labs():
+        rows.append(
+            {
+                "id": record.id,
+                "topology": record.info.get("topology"),
+                "alive": record.alive,
+                "owner_pid": record.owner_pid,
+                "age_s": round(record.age(), 1),
+                "hosts": sorted(record.info.get("hosts", {})),
+            }
+        )
+    if json_out:
+        _print_json(rows)
+        return
+    if not rows:
+        out.print("no labs")
+        return
+    table = Table("lab", "topology", "owner", "age", "hosts", box=None, pad_edge=False)
+    for row in rows:
+        owner = f"{row['owner_pid']}" if row["alive"] else f"{row['owner_pid']} (dead: run clean)"
+        hosts = ", ".join(row["hosts"][:8]) + (" …" if len(row["hosts"]) > 8 else "")
+        table.add_row(
+            row["id"],
+            str(row["topology"]),
+            owner,
+            _age(row["age_s"]),
+            f"{len(row['hosts'])}: {hosts}",
+        )
+    out.print(table)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@app.command()
+@lab_argument
+@click.option(
+    "--timeout", default=15.0, show_default=True, help="Seconds to wait for the teardown."
+)
+def down(lab: str, timeout: float) -> None:
+    """Tear a lab down. Idempotent: a lab already gone is not an error."""
+    try:
+        record = _ledger.find_lab(lab)
+    except LabNotFound:
+        out.print(f"lab {lab} is already gone")
+        return
+    with _ledger.locked(record.dir) as free:
+        if free:
+            removed = _ledger.destroy_recorded(record)
+            out.print(f"lab {lab} was orphaned; removed {len(removed)} objects")
+            return
+    if not record.info.get("detached"):
+        raise UsageError(
+            f"lab {lab} belongs to a running program (pid {record.owner_pid}); it goes down "
+            "when that program ends it. Stop that program instead."
+        )
+    pid = record.owner_pid
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if not _ledger.wait_gone(record.dir, timeout):
+        raise HarnessError(f"lab {lab} did not go down within {timeout} s; try `netharness clean`")
+    out.print(f"lab {lab} is down")
+
+
+@app.command()
+@click.option("--lab", default=None, help="Only this lab.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing.")
+def clean(lab: str | None, dry_run: bool, quiet: bool) -> None:
+    """Remove what crashed labs left behind. Never touches a lab whose owner is alive."""
+
+    def say(text: str) -> None:
+        if not quiet:
+            out.print(text)
+
+    if lab:
+        try:
+            records = [_ledger.find_lab(lab)]
+        except LabNotFound:
+            say(f"lab {lab} is already gone")
+            return
+    else:
+        records = _ledger.list_labs()
+    for record in records:
+        with _ledger.locked(record.dir) as free:
+            if not free:
+                say(f"lab {record.id}: owner pid {record.owner_pid} is alive — left alone")
+                continue
+            if dry_run:
+                names = [e.get("name") for e in record.entries()]
+                say(f"lab {record.id}: would remove {', '.join(map(str, names)) or 'its ledger'}")
+                continue
+            removed = _ledger.destroy_recorded(record)
+            say(f"lab {record.id}: removed {', '.join(removed) or 'its ledger'}")
+    if not records:
+        say("nothing to clean")
+
+
+def _host_netns(lab: str, host: str) -> str:
+    record = _ledger.find_lab(lab)
+    hosts = record.info.get("hosts", {})
+    if host not in hosts:
+        raise UsageError(f"lab {lab} has no host {host!r} (hosts: {', '.join(sorted(hosts))})")
+    return str(Path("/run/netns") / hosts[host]["netns"])
+
+
+def _run_in(netns_path: str, argv: list[str], env: dict[str, str]) -> int:
+    from harness import _netns
+
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # child: enter the namespace and become the command
+        try:
+            _netns.setns(fd)
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"netharness: {argv[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+    os.close(fd)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child handles Ctrl-C
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return os.waitstatus_to_exitcode(status) if status >= 0 else 1
+
+
+@app.command("exec", context_settings={"ignore_unknown_options": True})
+@lab_argument
+@click.argument("host")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(lab: str, host: str, command: tuple[str, ...]) -> None:
+    """Run a command inside a host; its exit code is passed through."""
+    env = dict(os.environ, NETHARNESS_LAB=lab, NETHARNESS_HOST=host)
+    code = _run_in(_host_netns(lab, host), list(command), env)
+    raise SystemExit(128 - code if code < 0 else code)
+
+
+@app.command()
+@lab_argument
+@click.argument("host")
+def shell(lab: str, host: str) -> None:
+    """An interactive shell inside a host."""
+    path = _host_netns(lab, host)
+    shell_path = os.environ.get("SHELL", "/bin/bash")
+    env = dict(os.environ, NETHARNESS_LAB=lab, NETHARNESS_HOST=host, PS1=f"[{lab}:{host}] \\w\\$ ")
+    err.print(f"shell in host {host} of lab {lab} (exit to leave)")
+    code = _run_in(path, [shell_path], env)
+    raise SystemExit(128 - code if code < 0 else code)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the topology format (for editors)."""
+    from harness.topology import topology_schema
+
+    _print_json(topology_schema())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs a command, turns errors into one clear message and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    started = time.monotonic()
+    try:
+        app.main(args=args, prog_name="netharness", standalone_mode=False)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print(f"interrupted after {time.monotonic() - started:.1f} s; cleaned up")
+        return 130
+    except TopologyError as exc:
+        if debug:
+            raise
+        err.print(str(exc), markup=False)
+        n = len(exc.problems)
+        err.print(f"{n} problem{'s' if n != 1 else ''} found; nothing was created.")
+        return exc.exit_code
+    except HarnessError as exc:
+        if debug:
+            raise
+        err.print(f"netharness: {exc}", markup=False)
+        return exc.exit_code
+    return 0

@@ -1,0 +1,109 @@
+"""The one exception tree of netharness.
+
+    HarnessError                 anything the library raises on purpose
+    ├── TopologyError            bad input: carries every problem found (file:line:col)
+    ├── EnvironmentProblem       the machine cannot run a lab (not root, missing tool, ...)
+    ├── BackendError             a backend or netlink operation failed (host, errno)
+    ├── AgentError               the host agent replied with an error (errno name)
+    │   └── AgentGone            the agent process exited or its pipe closed
+    ├── LabNotFound              no running lab with that id
+    └── CleanupError             teardown could not remove something
+
+Only the CLI prints these and turns them into exit codes; the library never exits.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from dataclasses import dataclass
+
+
+class HarnessError(Exception):
+    """Root of every error netharness raises on purpose."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a topology file, with where it is and how to fix it."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        key = f" {self.path}:" if self.path else ""
+        fix = f" — {self.fix}" if self.fix else ""
+        return f"{where}:{key} {self.message}{fix}"
+
+
+class TopologyError(HarnessError):
+    """A topology is invalid; `problems` lists every error found, in file order."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(HarnessError):
+    """The command line or an API call asked for something that cannot be."""
+
+    exit_code = 2
+
+
+class EnvironmentProblem(HarnessError):
+    """The machine cannot do what was asked: not root, a tool or the kernel lacks a feature."""
+
+    exit_code = 3
+
+
+class BackendError(HarnessError):
+    """Creating, wiring or destroying a host failed; carries the host and the errno."""
+
+    def __init__(self, message: str, *, host: str | None = None, code: int | None = None) -> None:
+        self.host = host
+        self.code = code
+        parts = [f"host {host}: " if host else "", message]
+        if code:
+            parts.append(f" ({_errno.errorcode.get(code, str(code))}: {_strerror(code)})")
+        super().__init__("".join(parts))
+
+
+class AgentError(HarnessError):
+    """The agent refused a request; `errno` is the name such as "EADDRINUSE" (or None)."""
+
+    def __init__(self, message: str, *, errno: str | None = None, op: str | None = None) -> None:
+        self.errno = errno
+        self.op = op
+        super().__init__(message)
+
+
+class AgentGone(AgentError):
+    """The agent process exited, or the pipe to it closed, before it answered."""
+
+
+class LabNotFound(HarnessError):
+    """No lab with that id is running on this machine."""
+
+    exit_code = 2
+
+
+class CleanupError(HarnessError):
+    """Teardown could not remove one or more objects; `leftovers` names them."""
+
+    def __init__(self, leftovers: list[str]) -> None:
+        self.leftovers = leftovers
+        super().__init__("could not remove: " + ", ".join(leftovers))
+
+
+def _strerror(code: int) -> str:
+    import os
+
+    return os.strerror(code)

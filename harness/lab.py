@@ -1,0 +1,399 @@
+"""A running lab: one topology brought up, with one id and a ledger of what it made.
+
+    with Lab.up(load_topology("topologies/lan.yaml")) as lab:
+        server = lab.hosts["h2"].agent()
+
+Every acquisition is written to the ledger before it happens, and teardown works from the
+ledger, so a failed bring-up, an exception, Ctrl-C and `netharness clean` after a crash
+all go through the same removal. Constructing a Lab touches nothing; `start()` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from harness import ledger as _ledger
+from harness._loop import LoopThread
+from harness.agent import Agent, AgentChannel
+from harness.backends import create_backend
+from harness.backends._forkserver import ForkServerClient
+from harness.backends.base import AGENT, Backend, HostHandle, Stdio
+from harness.errors import AgentError, EnvironmentProblem, HarnessError
+from harness.fabric import Fabric, wire_all
+from harness.topology import Host, Topology, load_topology
+
+AGENT_CLOSE_TIMEOUT = 1.0
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run inside a host did."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class LabHost:
+    """A host of a running lab: its addresses, its agents, commands run inside it."""
+
+    def __init__(self, lab: Lab, spec: Host, handle: HostHandle) -> None:
+        self._lab = lab
+        self.spec = spec
+        self.handle = handle
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def netns(self) -> str:
+        """The namespace name, usable with `ip netns exec`."""
+        return os.path.basename(self.handle.netns_path)
+
+    def address(self, network: str | None = None, family: int = 4) -> str:
+        """This host's address on `network` (its first network if omitted)."""
+        interfaces = self.spec.interfaces
+        if network is not None:
+            interfaces = tuple(i for i in interfaces if i.network == network)
+            if not interfaces:
+                raise HarnessError(f"host {self.name} is not on network {network!r}")
+        for interface in interfaces:
+            address = interface.address if family == 4 else interface.address6
+            if address is not None:
+                return str(address.ip)
+        raise HarnessError(
+            f"host {self.name} has no IPv{family} address on {network or 'any network'}"
+        )
+
+    @property
+    def addresses(self) -> dict[str, list[str]]:
+        """Network name → this host's addresses on it (IPv4 first)."""
+        return {
+            i.network: [str(a.ip) for a in (i.address, i.address6) if a is not None]
+            for i in self.spec.interfaces
+        }
+
+    def agent(self) -> Agent:
+        """Start a new agent process in this host: a new application with its own pid."""
+        return self._lab._run(self._lab._start_agent(self))
+
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> CommandResult:
+        """Run a command inside the host and collect its output."""
+        return self._lab._run(self._lab._run_command(self, list(argv), timeout))
+
+    def __repr__(self) -> str:
+        return f"<LabHost {self.name} {self.addresses}>"
+
+
+class Lab:
+    """One running instance of a topology. Use `Lab.up(...)` as a context manager."""
+
+    def __init__(
+        self, topology: Topology, *, lab_id: str | None = None, backend: str | None = None
+    ) -> None:
+        self.topology = topology
+        self.id = lab_id or _ledger.new_lab_id()
+        self.backend_name = backend
+        self.hosts: Mapping[str, LabHost] = MappingProxyType({})
+        self._ledger = _ledger.Ledger(self.id)
+        self._runner = LoopThread(f"netharness-{self.id}")
+        self._forkserver: ForkServerClient | None = None
+        self._backend: Backend | None = None
+        self._fabric: Fabric | None = None
+        self._agents: list[Agent] = []
+        self._lifecycle: asyncio.Lock | None = None
+        self._state = "new"  # new → starting → up → down | detached
+        self._created = 0.0
+        self._host_agents: dict[str, Agent] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls,
+        topology: Topology | str | os.PathLike[str],
+        *,
+        backend: str | None = None,
+        lab_id: str | None = None,
+    ) -> Lab:
+        """Validate, build and start a lab; on any failure nothing is left behind."""
+        if not isinstance(topology, Topology):
+            topology = load_topology(topology)
+        lab = cls(topology, lab_id=lab_id, backend=backend)
+        lab.start()
+        return lab
+
+    def start(self) -> None:
+        if self._state != "new":
+            raise HarnessError(f"lab {self.id} was already started")
+        _check_environment()
+        self._state = "starting"
+        self._runner.start()
+        try:
+            self._runner.run(self._bring_up())
+        except BaseException:
+            self.down()
+            raise
+        self._state = "up"
+
+    def down(self) -> None:
+        """Tear everything down. Idempotent; safe after a failed or partial start."""
+        if self._state in ("down", "detached", "new"):
+            return
+        try:
+            self._runner.run(self._tear_down())
+        finally:
+            self._ledger.release()
+            self._runner.stop()
+            self._state = "down"
+
+    def detach(self) -> int:
+        """Leave the lab running after this process exits; returns the new owner's pid.
+
+        The lab's fork server takes it over (and its lock), keeps its agents and services
+        alive, and tears it down on SIGTERM (`netharness down`).
+        """
+        if self._state != "up":
+            raise HarnessError(f"lab {self.id} is not up")
+        pid = self._runner.run(self._detach())
+        self._ledger.release()
+        self._runner.stop()
+        self._state = "detached"
+        return pid
+
+    def __enter__(self) -> Lab:
+        if self._state == "new":
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    @property
+    def ledger_dir(self) -> Path:
+        return self._ledger.dir
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._state != "up":
+            coro.close()
+            raise HarnessError(f"lab {self.id} is not up (state: {self._state})")
+        return self._runner.run(coro)
+
+    def describe(self) -> dict[str, Any]:
+        """What `up --json` prints and lab.json stores."""
+        return {
+            "id": self.id,
+            "topology": self.topology.name,
+            "source": self.topology.source,
+            "owner_pid": os.getpid(),
+            "created": self._created,
+            "state": self._state,
+            "hosts": {
+                name: {
+                    "netns": host.netns,
+                    "backend": host.handle.backend,
+                    "addresses": host.addresses,
+                }
+                for name, host in self.hosts.items()
+            },
+        }
+
+    # -- on the loop thread ------------------------------------------------------------
+
+    async def _bring_up(self) -> None:
+        self._lifecycle = asyncio.Lock()
+        async with self._lifecycle:
+            started = time.perf_counter()
+            self._created = time.time()
+            self._ledger.open(self.describe())
+            self._forkserver = ForkServerClient(
+                [sys.executable, "-m", "harness", "clean", "--lab", self.id, "--quiet"],
+                str(self._ledger.logs / "forkserver.log"),
+            )
+            self._forkserver.start()
+            self._backend = create_backend(
+                self.backend_name or "netns",
+                lab_id=self.id,
+                forkserver=self._forkserver,
+                record=self._ledger.record,
+            )
+            self._fabric = Fabric(self.id, self.topology, self._ledger.record)
+            await self._fabric.build()
+            hosts = {}
+            for spec in self.topology.hosts.values():
+                hosts[spec.name] = LabHost(self, spec, await self._backend.create(spec))
+            self.hosts = MappingProxyType(hosts)
+            self.timings["hosts"] = time.perf_counter() - started
+            await asyncio.gather(
+                wire_all(self._fabric, [(h.spec, h.handle.netns_path) for h in hosts.values()]),
+                self._start_host_agents(),
+            )
+            self.timings["wired"] = time.perf_counter() - started
+            await self._fabric.close()  # its netlink socket would pin the namespace
+            await self._open_services()
+            self._state = "up"
+            self._ledger.write_info(self.describe())
+            self.timings["up"] = time.perf_counter() - started
+
+    async def _start_host_agents(self) -> None:
+        # One agent per host at bring-up: services and probes use it; agent() adds more.
+        started = await asyncio.gather(*(self._start_agent(h) for h in self.hosts.values()))
+        self._host_agents = dict(zip(self.hosts, started, strict=True))
+
+    async def _open_services(self) -> None:
+        for name, host in self.hosts.items():
+            agent = self._host_agents[name]
+            for service in host.spec.services:
+                addresses = [service.address] if service.address else ["0.0.0.0"]
+                if service.address is None and any(i.address6 for i in host.spec.interfaces):
+                    addresses.append("::")
+                for address in addresses:
+                    await agent.channel.request(
+                        "listen",
+                        proto=service.proto,
+                        address=address,
+                        port=service.port,
+                        v6only=True if ":" in address else None,
+                        echo=True,
+                    )
+
+    async def _start_agent(self, host: LabHost) -> Agent:
+        assert self._backend is not None
+        in_read, in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        log = os.open(
+            self._ledger.logs / f"{host.name}.agents.log",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            process = await self._backend.start(host.handle, AGENT, Stdio(in_read, out_write, log))
+        except BaseException:
+            for fd in (in_write, out_read):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (in_read, out_write, log):
+                os.close(fd)
+        try:
+            channel = await AgentChannel.open_pipes(out_read, in_write)
+        except BaseException:
+            process.kill(signal.SIGKILL)
+            raise
+        agent = Agent(channel, self._runner, host=host.name, process=process)
+        self._agents.append(agent)
+        return agent
+
+    async def _run_command(self, host: LabHost, argv: list[str], timeout: float) -> CommandResult:
+        assert self._backend is not None
+        loop = asyncio.get_running_loop()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            process = await self._backend.start(
+                host.handle, argv, Stdio(null, out_write, err_write)
+            )
+        finally:
+            for fd in (null, out_write, err_write):
+                os.close(fd)
+        try:
+            out, err, code = await asyncio.wait_for(
+                asyncio.gather(
+                    loop.run_in_executor(None, _read_all, out_read),
+                    loop.run_in_executor(None, _read_all, err_read),
+                    process.wait(),
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            process.kill(signal.SIGKILL)
+            raise HarnessError(
+                f"{' '.join(argv)} did not finish within {timeout} s in host {host.name}"
+            ) from None
+        finally:
+            for fd in (out_read, err_read):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        return CommandResult(
+            tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    async def _close_agents(self) -> None:
+        async def close(agent: Agent) -> None:
+            with contextlib.suppress(AgentError, OSError):
+                await agent.channel.aclose()
+            try:
+                await asyncio.wait_for(agent.process.wait(), AGENT_CLOSE_TIMEOUT)
+            except TimeoutError:
+                agent.process.kill(signal.SIGKILL)
+
+        await asyncio.gather(*(close(a) for a in self._agents))
+        self._agents.clear()
+
+    async def _tear_down(self) -> None:
+        lock = self._lifecycle or asyncio.Lock()
+        async with lock:  # waits for a cancelled bring-up to finish unwinding
+            try:
+                await self._close_agents()
+            finally:
+                if self._fabric is not None:
+                    await self._fabric.close()
+                if self._forkserver is not None:
+                    await self._forkserver.close(orderly=True)
+                record = _ledger.read_lab(self._ledger.dir)
+                if record is not None and record.dir.exists():
+                    await asyncio.to_thread(_ledger.destroy_recorded, record)
+
+    async def _detach(self) -> int:
+        assert self._forkserver is not None
+        assert self._forkserver.pid is not None
+        drain, hold = [], []
+        for agent in self._agents:
+            read_fd, write_fd = agent.channel.pipe_fds
+            drain.append(read_fd)
+            hold.append(write_fd)
+        lock_fd = self._ledger.lock_fd
+        self._forkserver.detach(lock_fd, drain, hold)
+        owner = self._forkserver.pid
+        info = self.describe()
+        info.update(owner_pid=owner, state="up", detached=True)
+        self._ledger.write_info(info)
+        for agent in self._agents:
+            # The fork server holds copies of the pipes, so the agents see no EOF; we
+            # only drop our ends (timeout 0: no point waiting for output to end).
+            with contextlib.suppress(AgentError, OSError):
+                await agent.channel.aclose(timeout=0)
+        self._agents.clear()
+        self._forkserver.forget()
+        return owner
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_environment() -> None:
+    if os.geteuid() != 0:
+        raise EnvironmentProblem(
+            "netharness needs root to create network namespaces; run it with sudo or as root"
+        )
+    if not os.path.exists("/proc/self/ns/net"):
+        raise EnvironmentProblem("this kernel has no network namespaces (CONFIG_NET_NS)")

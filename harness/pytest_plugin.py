@@ -1,0 +1,102 @@
+"""pytest plugin: a `lab` fixture driven by `@pytest.mark.topology(path)`.
+
+Registered through the `pytest11` entry point. The fixture only wraps `Lab.up`/`down`,
+so pytest and the CLI share one code path. Override `lab` or `netharness_topology` in a
+conftest to change scope or choose topologies another way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.lab import Lab
+
+_KEPT = pytest.StashKey[list[str]]()
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("netharness", "netharness labs")
+    group.addoption(
+        "--netharness-backend",
+        default=None,
+        metavar="NAME",
+        help="backend for every host of every lab (default: as the topology says, netns)",
+    )
+    group.addoption(
+        "--netharness-keep",
+        action="store_true",
+        default=False,
+        help="leave a failed test's lab up and print how to enter it",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "topology(path): the topology file the `lab` fixture brings up"
+    )
+    config.stash[_KEPT] = []
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
+
+def _resolve(path: str, request: pytest.FixtureRequest) -> Path:
+    candidate = Path(path)
+    if candidate.is_absolute():
+        return candidate
+    for base in (request.path.parent, request.config.rootpath, Path.cwd()):
+        if (base / candidate).exists():
+            return base / candidate
+    return candidate  # load_topology reports the missing file clearly
+
+
+@pytest.fixture
+def netharness_topology(request: pytest.FixtureRequest) -> Path:
+    """The topology file named by the test's `@pytest.mark.topology(path)` marker."""
+    marker = request.node.get_closest_marker("topology")
+    if marker is None or not marker.args:
+        pytest.fail(
+            "the `lab` fixture needs a topology: mark the test with "
+            '@pytest.mark.topology("path/to/topology.yaml")',
+            pytrace=False,
+        )
+    return _resolve(str(marker.args[0]), request)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, netharness_topology: Path) -> Iterator[Lab]:
+    """A running lab of the marked topology, torn down after the test."""
+    running = Lab.up(netharness_topology, backend=request.config.getoption("netharness_backend"))
+    try:
+        yield running
+    finally:
+        reports = request.node.stash.get(_REPORTS, {})
+        failed = any(r.failed for r in reports.values())
+        if failed and request.config.getoption("netharness_keep"):
+            owner = running.detach()
+            hosts = ", ".join(running.hosts)
+            request.config.stash[_KEPT].append(
+                f"{request.node.nodeid}: lab {running.id} kept (owner pid {owner}); hosts "
+                f"{hosts}; enter with `netharness shell {running.id} <host>`, remove with "
+                f"`netharness down {running.id}`"
+            )
+        else:
+            running.down()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    kept = terminalreporter.config.stash.get(_KEPT, [])
+    if kept:
+        terminalreporter.section("netharness: labs kept up")
+        for line in kept:
+            terminalreporter.write_line(line)

@@ -1,0 +1,184 @@
+"""Labs on real namespaces: bring-up, the kernel's view, traffic, teardown, failures."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from harness import Lab, load_topology
+from harness.errors import BackendError
+from tests.integration.rootns import snapshot
+
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
+
+
+def kernel_view(netns: str) -> tuple[dict[str, set[str]], set[tuple[str | None, str | None]]]:
+    """Addresses per interface and (dst, gateway) routes, as the kernel reports them."""
+    with IPRoute(netns=netns, flags=0) as ipr:
+        names = {link["index"]: link.get("ifname") for link in ipr.link("dump")}
+        addresses: dict[str, set[str]] = {}
+        for addr in ipr.addr("dump"):
+            ip = addr.get("address")
+            if not ip.startswith("fe80"):
+                addresses.setdefault(names[addr["index"]], set()).add(f"{ip}/{addr['prefixlen']}")
+        routes = {
+            (r.get("dst"), r.get("gateway"))
+            for r in ipr.route("dump")
+            if r.get("gateway") is not None
+        }
+        up = {names[link["index"]] for link in ipr.link("dump") if link["flags"] & 1}
+    assert set(addresses) <= up, f"interfaces with addresses that are down in {netns}"
+    return addresses, routes
+
+
+def test_lan_comes_up_with_the_addresses_the_topology_gives() -> None:
+    topology = load_topology(TOPOLOGIES / "lan.yaml")
+    with Lab.up(topology) as lab:
+        assert set(lab.hosts) == {"h1", "h2", "h3"}
+        for name, host in lab.hosts.items():
+            assert host.netns == f"nh-{lab.id}-{name}"
+            assert host.netns in os.listdir("/run/netns")
+            addresses, _ = kernel_view(host.netns)
+            spec = topology.hosts[name].interface("lan")
+            expected = {str(a) for a in (spec.address, spec.address6) if a is not None}
+            assert addresses["lo"] >= {"127.0.0.1/8"}
+            assert addresses["lan"] == expected
+        assert lab.hosts["h2"].address("lan") == "10.0.1.12"
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"nh-{lab.id}")]
+
+
+def test_tcp_and_udp_between_hosts_reach_exactly_the_listening_process() -> None:
+    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+        server = lab.hosts["h2"].agent()
+        other = lab.hosts["h2"].agent()  # a second application on the same host
+        client = lab.hosts["h1"].agent()
+        assert server.pid != other.pid
+        for proto in ("tcp", "udp"):
+            listener = server.listen(proto, port=0)
+            other.listen(proto, port=0)
+            conn = client.connect(proto, lab.hosts["h2"].address("lan"), listener.port)
+            assert conn.local[0] == "10.0.1.11"
+            assert conn.peer == ("10.0.1.12", listener.port)
+            echo = conn.request(f"hello over {proto}")
+            assert echo.pid == server.pid
+            assert echo.data == f"hello over {proto}"
+            # No NAT: the server sees exactly the client's own endpoint.
+            assert tuple(echo.peer) == tuple(conn.local)
+
+
+def test_ipv6_on_the_lan() -> None:
+    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+        server = lab.hosts["h3"].agent()
+        listener = server.listen("tcp", address="::", port=0)
+        target = lab.hosts["h3"].address("lan", family=6)
+        conn = lab.hosts["h1"].agent().connect("tcp", target, listener.port)
+        echo = conn.request("v6")
+        assert echo.pid == server.pid
+        assert conn.local[0] == lab.hosts["h1"].address("lan", family=6)
+
+
+def test_routed_traffic_crosses_the_router_in_both_families() -> None:
+    topology = load_topology(TOPOLOGIES / "routed.yaml")
+    with Lab.up(topology) as lab:
+        h1, h2 = lab.hosts["h1"], lab.hosts["h2"]
+        _, routes = kernel_view(h1.netns)
+        gateways = {gw for _, gw in routes}
+        assert {str(r.via) for r in topology.hosts["h1"].routes} <= gateways
+        server = h2.agent()
+        for family, wildcard in ((4, "0.0.0.0"), (6, "::")):
+            for proto in ("tcp", "udp"):
+                listener = server.listen(proto, address=wildcard, port=0)
+                conn = h1.agent().connect(proto, h2.address(family=family), listener.port)
+                echo = conn.request("across")
+                assert echo.pid == server.pid
+                assert echo.peer[0] == h1.address(family=family)
+
+
+def test_host_forwarding_is_set_only_on_the_router() -> None:
+    with Lab.up(TOPOLOGIES / "routed.yaml") as lab:
+        forwarding = {
+            name: host.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
+            for name, host in lab.hosts.items()
+        }
+        assert forwarding == {"h1": "0", "r1": "1", "h2": "0"}
+
+
+def test_nothing_appears_in_the_root_namespace_during_or_after() -> None:
+    before = snapshot()
+    with Lab.up(TOPOLOGIES / "routed.yaml") as lab:
+        during = snapshot()
+        lab_namespaces = {n for n in during.namespaces - before.namespaces}
+        assert lab_namespaces == {f"nh-{lab.id}"} | {f"nh-{lab.id}-{h}" for h in lab.hosts}
+        assert before.links == during.links
+        assert before.addresses == during.addresses
+        assert before.routes == during.routes
+        assert before.sysctls == during.sysctls
+    assert before.difference(snapshot()) == []
+
+
+def test_commands_run_inside_the_host_with_their_exit_code() -> None:
+    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+        result = lab.hosts["h1"].run(["sh", "-c", "cat /proc/net/dev; exit 3"])
+        assert result.returncode == 3
+        assert "lan:" in result.stdout
+        assert "eth0" not in result.stdout
+
+
+def test_a_failed_bring_up_unwinds_and_spares_what_is_not_ours() -> None:
+    before = snapshot()
+    topology = load_topology(TOPOLOGIES / "lan.yaml")
+    foreign = "nh-zzzzzz-h2"  # someone else's namespace with the name our lab would use
+    fd = None
+    try:
+        os.makedirs("/run/netns", exist_ok=True)
+        from harness import _netns
+
+        fd = _netns.create(foreign)
+        with pytest.raises(BackendError, match="already exists"):
+            Lab.up(topology, lab_id="zzzzzz")
+        assert foreign in os.listdir("/run/netns")
+        left = [n for n in os.listdir("/run/netns") if n.startswith("nh-zzzzzz") and n != foreign]
+        assert left == []
+        assert not Path("/run/netharness/labs/zzzzzz").exists()
+    finally:
+        if fd is not None:
+            os.close(fd)
+        from harness import _netns
+
+        _netns.remove(f"/run/netns/{foreign}")
+    assert before.difference(snapshot()) == []
+
+
+def test_down_is_idempotent() -> None:
+    lab = Lab.up(TOPOLOGIES / "lan.yaml")
+    lab.down()
+    lab.down()
+    assert not lab.ledger_dir.exists()
+
+
+def test_one_hundred_hosts_come_up_with_every_agent_answering() -> None:
+    with Lab.up(TOPOLOGIES / "star100.yaml") as lab:
+        assert len(lab.hosts) == 100
+        assert len(os.listdir("/run/netns")) >= 101
+        # every host reaches its neighbour: a connection from each host to the next
+        first = lab.hosts["h001"]
+        server = first.agent()
+        listener = server.listen("udp", port=0)
+        for name in ("h002", "h050", "h100"):
+            conn = lab.hosts[name].agent().connect("udp", first.address(), listener.port)
+            assert conn.request(name).pid == server.pid
+        assert lab.timings["up"] < 5.0
+
+
+def test_sockets_bind_to_a_lab_address_only_inside_its_host() -> None:
+    # The lab's addresses do not exist in the root namespace.
+    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+        address = lab.hosts["h1"].address()
+        with socket.socket() as sock, pytest.raises(OSError, match="assign") as raised:
+            sock.bind((address, 0))
+        assert raised.value.errno == errno.EADDRNOTAVAIL
