@@ -1,0 +1,205 @@
+"""The topology file as written: pydantic models for its structure, and naming rules.
+
+These models check shape only (which keys exist, which are required, their types) and
+are the source of the JSON Schema, so the schema and the loader cannot disagree. What
+the values mean (addresses, subnets, names) is checked afterwards, in `_checks`, with
+messages that point at the line; the schema carries those rules as hints for editors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from harness.topology._sysctls import SYSCTLS
+from harness.topology.model import BACKEND_NAMES, DEFAULT_BACKEND
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
+TOPOLOGY_NAME_MAX = 40
+HOST_NAME_MAX = 40  # namespaces are nh-<6-char lab id>-<host>; docker hostnames
+IFNAME_MAX = 15  # Linux IFNAMSIZ - 1; network names are the default ifnames
+RESERVED_IFNAMES = frozenset({"lo", "all", "default"})  # taken inside every namespace
+
+
+def _name_rule(max_length: int) -> dict[str, Any]:
+    return {"pattern": NAME_PATTERN, "maxLength": max_length}
+
+
+def _optional(extra: dict[str, Any] | None = None) -> Any:
+    """Schema hook for a field that may be left out but not written as null."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)
+        members = [m for m in schema.pop("anyOf", []) if m.get("type") != "null"]
+        if len(members) == 1:
+            schema.update(members[0])
+        elif members:  # pragma: no cover - every optional field has one non-null type
+            schema["anyOf"] = members
+        schema.update(extra or {})
+
+    return edit
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class RawNetwork(_Strict):
+    """A network: one L2 segment; give it an IPv4 subnet, an IPv6 subnet, or both."""
+
+    model_config = ConfigDict(title="Network")
+
+    subnet: str | None = Field(
+        None,
+        description="IPv4 subnet in CIDR form, inside 10.0.0.0/8 or 198.18.0.0/15.",
+        examples=["10.0.1.0/24"],
+        json_schema_extra=_optional(),
+    )
+    subnet6: str | None = Field(
+        None,
+        description="IPv6 subnet in CIDR form, inside fd00::/8 or 2001:db8::/32.",
+        examples=["fd00:1::/64"],
+        json_schema_extra=_optional(),
+    )
+
+
+class RawAttachment(_Strict):
+    """A host's interface on a network, spelled out."""
+
+    model_config = ConfigDict(title="Attachment")
+
+    address: str = Field(
+        "auto",
+        description="IPv4 address inside the network's subnet (no /prefix), or auto.",
+        examples=["10.0.1.11", "auto"],
+    )
+    address6: str = Field(
+        "auto",
+        description="IPv6 address inside the network's subnet6 (no /prefix), or auto.",
+        examples=["fd00:1::11", "auto"],
+    )
+    ifname: str | None = Field(
+        None,
+        description="Interface name inside the host; defaults to the network's name.",
+        examples=["eth0"],
+        json_schema_extra=_optional(_name_rule(IFNAME_MAX)),
+    )
+
+
+def _attachment_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "mapping"
+    return "empty" if value is None else "text"
+
+
+AttachmentValue = Annotated[
+    Annotated[str, Tag("text")]
+    | Annotated[RawAttachment, Tag("mapping")]
+    | Annotated[None, Tag("empty")],
+    Discriminator(_attachment_kind),
+]
+
+
+def _sysctl_kind(value: Any) -> str:
+    return "number" if isinstance(value, int) and not isinstance(value, bool) else "text"
+
+
+SysctlValue = Annotated[
+    Annotated[str, Tag("text")] | Annotated[int, Tag("number")],
+    Discriminator(_sysctl_kind),
+]
+
+
+class RawRoute(_Strict):
+    """A static route through a gateway on one of the host's networks."""
+
+    model_config = ConfigDict(title="Route")
+
+    to: str = Field(
+        description="Destination: `default` (0.0.0.0/0 or ::/0 by the family of via) "
+        "or a network in CIDR form.",
+        examples=["default", "10.0.2.0/24", "fd00:2::/64"],
+    )
+    via: str = Field(
+        description="Gateway address, inside a subnet this host is connected to.",
+        examples=["10.0.1.1", "fd00:1::1"],
+    )
+
+
+class RawService(_Strict):
+    """A listener the host opens when the lab comes up."""
+
+    model_config = ConfigDict(title="Service")
+
+    proto: Literal["tcp", "udp"] = Field(description="Transport protocol.", examples=["tcp"])
+    port: int = Field(ge=1, le=65535, description="Port to listen on.", examples=[443])
+    address: str | None = Field(
+        None,
+        description="Address to bind: one of the host's addresses, 0.0.0.0 or ::. "
+        "Not given: every address.",
+        examples=["10.0.2.12", "0.0.0.0", "::"],
+        json_schema_extra=_optional(),
+    )
+
+
+class RawHost(_Strict):
+    """A host: a network namespace (or container) with interfaces on networks."""
+
+    model_config = ConfigDict(title="Host")
+
+    networks: dict[str, AttachmentValue] = Field(
+        default_factory=dict,
+        description="Networks this host is on. Each value is an IPv4 or IPv6 address, "
+        "`auto` (or empty), or a mapping with address, address6 and ifname. "
+        "No networks: an isolated host.",
+        examples=[{"lan": "10.0.1.11"}, {"lan": "auto"}, {"lan": {"address": "10.0.1.11"}}],
+    )
+    routes: list[RawRoute] = Field(
+        default_factory=list,
+        description="Static routes.",
+        examples=[[{"to": "default", "via": "10.0.1.1"}]],
+    )
+    forwarding: bool = Field(
+        False, description="Forward IPv4 and IPv6 packets between interfaces (a router)."
+    )
+    sysctls: dict[str, SysctlValue] = Field(
+        default_factory=dict,
+        description="Per-namespace sysctls from a fixed safe set; see docs/topology.md.",
+        examples=[{"net.ipv4.ip_local_port_range": "40000 40009"}],
+        json_schema_extra={"propertyNames": {"enum": list(SYSCTLS)}},
+    )
+    backend: str = Field(
+        DEFAULT_BACKEND,
+        description="How the host is made.",
+        examples=[DEFAULT_BACKEND],
+        json_schema_extra={"enum": list(BACKEND_NAMES)},
+    )
+    services: list[RawService] = Field(
+        default_factory=list,
+        description="Listeners opened when the lab comes up.",
+        examples=[[{"proto": "tcp", "port": 443}]],
+    )
+
+
+class RawTopology(_Strict):
+    """A netharness topology: networks, and hosts attached to them."""
+
+    model_config = ConfigDict(title="netharness topology")
+
+    name: str = Field(
+        description="Name of the topology.",
+        examples=["routed"],
+        json_schema_extra=_name_rule(TOPOLOGY_NAME_MAX),
+    )
+    networks: dict[str, RawNetwork] = Field(
+        default_factory=dict,
+        description="Networks by name; a name is also the default interface name in hosts.",
+        examples=[{"lan": {"subnet": "10.0.1.0/24", "subnet6": "fd00:1::/64"}}],
+        json_schema_extra={"propertyNames": _name_rule(IFNAME_MAX)},
+    )
+    hosts: dict[str, RawHost] = Field(
+        description="Hosts by name, at least one.",
+        examples=[{"h1": {"networks": {"lan": "auto"}}}],
+        json_schema_extra={"propertyNames": _name_rule(HOST_NAME_MAX), "minProperties": 1},
+    )
