@@ -14,20 +14,25 @@ from harness.errors import (
     LabNotFound,
     TopologyError,
 )
-from harness.topology import Topology, load_topology
 
 if TYPE_CHECKING:
     from harness.lab import Lab, LabHost
+    from harness.topology import Topology, load_topology
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    # Lab pulls in pyroute2 and asyncio; `netharness validate` should not pay for that.
+    # Imported on first use: Lab pulls in pyroute2, the topology model pydantic, and
+    # `netharness ls`/`clean` (the reaper among them) need neither.
     if name in ("Lab", "LabHost"):
         from harness import lab
 
         return getattr(lab, name)
+    if name in ("Topology", "load_topology"):
+        from harness import topology
+
+        return getattr(topology, name)
     raise AttributeError(f"module 'harness' has no attribute {name!r}")
 
 
