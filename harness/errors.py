@@ -79,9 +79,17 @@ class BackendError(HarnessError):
 class AgentError(HarnessError):
     """The agent refused a request; `errno` is the name such as "EADDRINUSE" (or None)."""
 
-    def __init__(self, message: str, *, errno: str | None = None, op: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: str | None = None,
+        op: str | None = None,
+        kind: str | None = None,
+    ) -> None:
         self.errno = errno
         self.op = op
+        self.kind = kind  # the protocol's error kind: "os", "timeout", "bad-request", ...
         super().__init__(message)
 
 
