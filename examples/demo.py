@@ -10,11 +10,13 @@ import sys
 import time
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from harness import Lab, load_topology
 
-console = Console(highlight=False)
+# Wide enough for IPv6 endpoints even when make pipes the output (no terminal: 80 cols).
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
 
 
 def main(path: str) -> int:
@@ -80,7 +82,7 @@ def _ep(endpoint: tuple[str, int] | None) -> str:
     if endpoint is None:
         return "-"
     host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return escape(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
 
 if __name__ == "__main__":
