@@ -182,3 +182,45 @@ def test_sockets_bind_to_a_lab_address_only_inside_its_host() -> None:
         with socket.socket() as sock, pytest.raises(OSError, match="assign") as raised:
             sock.bind((address, 0))
         assert raised.value.errno == errno.EADDRNOTAVAIL
+
+
+SERVICES = """
+name: services
+networks:
+  lan: {subnet: 10.0.5.0/24, subnet6: "fd00:5::/64"}
+hosts:
+  client:
+    networks: {lan: 10.0.5.10}
+    sysctls: {net.ipv4.ip_local_port_range: "40000 40009"}
+  web:
+    networks: {lan: 10.0.5.20}
+    services: [{proto: tcp, port: 443}, {proto: udp, port: 53}]
+"""
+
+
+def test_services_listen_from_bring_up_and_sysctls_apply() -> None:
+    from harness.topology import parse_topology
+
+    with Lab.up(parse_topology(SERVICES, "services.yaml")) as lab:
+        web, client = lab.hosts["web"], lab.hosts["client"]
+        listening = web.run(["ss", "-H", "-tuln"]).stdout
+        assert "0.0.0.0:443" in listening
+        assert "[::]:443" in listening
+        assert "0.0.0.0:53" in listening
+        agent = client.agent()
+        for proto, port in (("tcp", 443), ("udp", 53)):
+            for family in (4, 6):
+                conn = agent.connect(proto, web.address(family=family), port)
+                echo = conn.request(f"{proto}/{port}")
+                assert echo.data == f"{proto}/{port}"
+                if family == 4:
+                    assert 40000 <= conn.local[1] <= 40009  # the host's port range
+        assert client.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).stdout.split() == [
+            "40000",
+            "40009",
+        ]
+        # other hosts keep the kernel's default range
+        assert web.run(["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).stdout.split() != [
+            "40000",
+            "40009",
+        ]
