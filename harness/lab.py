@@ -219,12 +219,14 @@ class Lab:
         async with self._lifecycle:
             started = time.perf_counter()
             self._created = time.time()
-            self._ledger.open(self.describe())
+            # The reaper first: from here on, if this process dies, the lab is cleaned
+            # up (the fork server's sentinel runs `clean` for it), ledger included.
             self._forkserver = ForkServerClient(
-                [sys.executable, "-m", "harness", "clean", "--lab", self.id, "--quiet"],
-                str(self._ledger.logs / "forkserver.log"),
+                [sys.executable, "-m", "harness", "clean", "--lab", self.id, "--quiet"]
             )
             self._forkserver.start()
+            self._ledger.open(self.describe())
+            self._forkserver.log_to(str(self._ledger.logs / "forkserver.log"))
             self._backend = create_backend(
                 self.backend_name or "netns",
                 lab_id=self.id,
@@ -371,7 +373,9 @@ class Lab:
         self._forkserver.detach(lock_fd, drain, hold)
         owner = self._forkserver.pid
         info = self.describe()
-        info.update(owner_pid=owner, state="up", detached=True)
+        info.update(
+            owner_pid=owner, reaper_pid=self._forkserver.sentinel_pid, state="up", detached=True
+        )
         self._ledger.write_info(info)
         for agent in self._agents:
             # The fork server holds copies of the pipes, so the agents see no EOF; we

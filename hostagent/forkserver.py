@@ -6,11 +6,14 @@ descriptors passed with SCM_RIGHTS). Forking this small, already-imported proces
 entering the namespace is ~20x cheaper than starting a Python interpreter per host.
 
 It is also the lab's reaper. Every child gets PR_SET_PDEATHSIG, so nothing it started
-outlives it. When the controller's end of the socket closes without an orderly "exit"
-(the controller died, SIGKILL included), it kills its children and runs the clean-up
-command it was started with. After "detach" it owns the lab instead of the controller:
-it takes the lab's liveness lock, keeps the agents' controller-side pipes open (draining
-their output), and tears the lab down on SIGTERM/SIGINT/SIGHUP.
+outlives it. At start it forks a sentinel, a process in its own session that waits on a
+pipe only the fork server can write: an orderly end writes "o" and the sentinel just
+exits; any other end of the fork server (SIGKILL included) closes the pipe unwritten and
+the sentinel runs the clean-up command. The fork server ends without "o" when the
+controller's end of the socket closes without an orderly "exit" (the controller died),
+or, after "detach", on SIGTERM/SIGINT/SIGHUP: after "detach" it owns the lab instead of
+the controller, holds the lab's liveness lock and keeps the agents' controller-side pipes
+open (draining their output) until told to go.
 
 Messages, controller -> server:
   {"op": "spawn", "seq": n, "netns": path, "argv": [...] | null, "env": {...} | null}
@@ -19,9 +22,11 @@ Messages, controller -> server:
   {"op": "detach", "drain": n} + fds [lock, n pipes to drain, pipes to hold...]:
       the lab's liveness lock (the controller's own open file, so the lock is never
       free in between) and the agents' controller-side pipes
+  {"op": "log", "path": p}              send our own stderr to p (once the lab has a ledger)
   {"op": "exit"}                        orderly: kill children, exit, no clean-up run
 server -> controller:
   {"seq": n, "pid": p} | {"seq": n, "error": msg, "errno": name}
+  {"sentinel": p}                       first message: the sentinel's pid
   {"exited": p, "status": s}            s < 0: killed by signal -s
 """
 
@@ -108,7 +113,10 @@ class ForkServer:
         self.detached = False
         self.lock_fd: int | None = None
         self.running = True
+        self.orderly = False
         self.selector = selectors.DefaultSelector()
+        self.sentinel_pid = 0
+        self.sentinel_pipe = -1
 
     def send(self, message: dict[str, Any]) -> None:
         if self.detached:
@@ -116,7 +124,17 @@ class ForkServer:
         with contextlib.suppress(OSError):
             self.control.send(json.dumps(message).encode())
 
+    def start_sentinel(self) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _sentinel(read_end, write_end, self.on_orphan)
+        os.close(read_end)
+        self.sentinel_pid, self.sentinel_pipe = pid, write_end
+
     def serve(self) -> None:
+        self.start_sentinel()
+        self.send({"sentinel": self.sentinel_pid})
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         os.set_blocking(wake_r, False)
@@ -180,8 +198,13 @@ class ForkServer:
                 os.kill(pid, int(message["signal"]))
         elif op == "detach":
             self.detach(fds, int(message.get("drain", 0)))
+        elif op == "log":
+            fd = os.open(message["path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
         elif op == "exit":
-            self.on_orphan = []
+            self.orderly = True
             self.running = False
 
     def spawn(self, message: dict[str, Any], fds: list[int]) -> None:
@@ -240,6 +263,8 @@ class ForkServer:
                 return
             if pid == 0:
                 return
+            if pid == self.sentinel_pid:
+                continue
             self.children.discard(pid)
             self.send({"exited": pid, "status": _status(raw)})
 
@@ -255,9 +280,36 @@ class ForkServer:
         for fd in self.kept:
             os.close(fd)
         if self.lock_fd is not None:
-            os.close(self.lock_fd)  # the clean-up command takes the lock itself
-        if self.on_orphan:
-            os.execvp(self.on_orphan[0], self.on_orphan)
+            os.close(self.lock_fd)  # the lab's owner is gone: the clean-up may take it
+        if self.orderly:
+            with contextlib.suppress(OSError):
+                os.write(self.sentinel_pipe, b"o")
+        os.close(self.sentinel_pipe)  # without "o": the sentinel cleans the lab up
+
+
+def _sentinel(read_end: int, write_end: int, on_orphan: list[str]) -> None:
+    """Runs in the forked sentinel; never returns."""
+    try:
+        os.setsid()  # signals meant for the fork server's session do not reach us
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_IGN if sig != signal.SIGCHLD else signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        os.close(write_end)
+        os.dup2(read_end, 0)
+        os.closerange(3, 65536)
+        while True:
+            try:
+                word = os.read(0, 1)
+                break
+            except InterruptedError:
+                continue
+        if word == b"o" or not on_orphan:
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.execvp(on_orphan[0], on_orphan)
+    except BaseException:
+        os._exit(1)
 
 
 def main(argv: list[str]) -> int:

@@ -48,15 +48,15 @@ class ForkedProcess:
 class ForkServerClient:
     """One fork server per lab; it reaps the lab by running `on_orphan` if we die."""
 
-    def __init__(self, on_orphan: Sequence[str], log_path: str) -> None:
+    def __init__(self, on_orphan: Sequence[str]) -> None:
         self._on_orphan = list(on_orphan)
-        self._log_path = log_path
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._seq = 0
         self._pending: dict[int, asyncio.Future[int]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._early_exits: dict[int, int] = {}
+        self.sentinel_pid: int | None = None  # the process that cleans up if we all die
 
     @property
     def pid(self) -> int | None:
@@ -66,21 +66,21 @@ class ForkServerClient:
         """Start the server process (returns at once; it gets ready in the background)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            with open(self._log_path, "ab") as log:
-                self._proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "hostagent.forkserver",
-                        str(theirs.fileno()),
-                        json.dumps(self._on_orphan),
-                    ],
-                    pass_fds=[theirs.fileno()],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,  # Ctrl-C goes to us; we tear down in order
-                )
+            # Its log goes to the lab's ledger once there is one (see `log_to`).
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hostagent.forkserver",
+                    str(theirs.fileno()),
+                    json.dumps(self._on_orphan),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C goes to us; we tear down in order
+            )
         except BaseException:
             ours.close()
             raise
@@ -135,6 +135,9 @@ class ForkServerClient:
             process._exited(self._early_exits.pop(pid))
         return process
 
+    def log_to(self, path: str) -> None:
+        self._send({"op": "log", "path": path})
+
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
         self._send({"op": "kill", "pid": pid, "signal": sig})
 
@@ -161,6 +164,9 @@ class ForkServerClient:
             self._dispatch(json.loads(data))
 
     def _dispatch(self, message: dict[str, Any]) -> None:
+        if "sentinel" in message:
+            self.sentinel_pid = int(message["sentinel"])
+            return
         if "exited" in message:
             pid, status = int(message["exited"]), int(message["status"])
             child = self._children.pop(pid, None)

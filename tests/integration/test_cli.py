@@ -17,6 +17,7 @@ from tests.integration.rootns import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN = str(ROOT / "topologies" / "lan.yaml")
+LABS = Path("/run/netharness/labs")
 
 
 def netharness(
@@ -130,7 +131,10 @@ def test_clean_removes_a_lab_whose_owner_was_killed_and_spares_live_ones(
     live = str(running_lab["id"])
     crashed = json.loads(netharness("up", LAN, "--json").stdout)
     crashed_id = str(crashed["id"])
-    os.kill(int(crashed["owner_pid"]), signal.SIGKILL)  # the owner dies without a word
+    # The owner and its reaper die without a word (a machine-wide kill -9, an OOM kill).
+    reaper = json.loads((LABS / crashed_id / "lab.json").read_text())["reaper_pid"]
+    os.kill(reaper, signal.SIGKILL)
+    os.kill(int(crashed["owner_pid"]), signal.SIGKILL)
     deadline = time.monotonic() + 5
     while json.loads(netharness("ls", "--json").stdout) and time.monotonic() < deadline:
         rows = {r["id"]: r for r in json.loads(netharness("ls", "--json").stdout)}
@@ -183,3 +187,17 @@ def test_validate_and_schema() -> None:
     schema = json.loads(netharness("schema").stdout)
     assert "hosts" in schema["properties"]
     assert "networks" in schema["properties"]
+
+
+def test_a_lab_whose_owner_is_killed_is_reaped_within_a_second() -> None:
+    before = snapshot()
+    info = json.loads(netharness("up", LAN, "--json").stdout)
+    lab_id = str(info["id"])
+    assert lab_namespaces(lab_id)
+    os.kill(int(info["owner_pid"]), signal.SIGKILL)
+    killed = time.monotonic()
+    while time.monotonic() - killed < 1.0 and (lab_namespaces(lab_id) or (LABS / lab_id).exists()):
+        time.sleep(0.01)
+    assert lab_namespaces(lab_id) == []
+    assert not (LABS / lab_id).exists()
+    assert before.difference(snapshot()) == []
