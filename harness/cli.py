@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.table import Table
 
 from harness import ledger as _ledger
 from harness.errors import HarnessError, LabNotFound, TopologyError, UsageError
+
+if TYPE_CHECKING:
+    from harness.lab import Lab
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -73,36 +76,46 @@ def up(topology: Path, json_out: bool, backend: str | None) -> None:
     from harness.lab import Lab
     from harness.topology import load_topology
 
-    spec = load_topology(topology)
-    lab = Lab.up(spec, backend=backend)
+    lab = Lab.up(load_topology(topology), backend=backend)
     try:
-        info = lab.describe()
-        owner = lab.detach()
+        # The lab outlives us only once the user has its id: announce, then commit.
+        lab.detach(announce=lambda owner: _announce_up(lab, owner, json_out))
     except BaseException:
         lab.down()
         raise
+
+
+SHOWN_HOSTS = 20  # `up` lists this many hosts; `ls` and `up --json` have them all
+
+
+def _announce_up(lab: Lab, owner: int, json_out: bool) -> None:
+    hosts = lab.describe()["hosts"]
     if json_out:
         _print_json(
             {
                 "id": lab.id,
                 "owner_pid": owner,
-                "hosts": {n: h["addresses"] for n, h in info["hosts"].items()},
-                "netns": {n: h["netns"] for n, h in info["hosts"].items()},
+                "hosts": {n: h["addresses"] for n, h in hosts.items()},
+                "netns": {n: h["netns"] for n, h in hosts.items()},
             }
         )
+        sys.stdout.flush()
         return
     out.print(
-        f"lab [bold]{lab.id}[/bold] is up: topology {spec.name!r}, "
-        f"{len(lab.hosts)} hosts in {lab.timings['up'] * 1000:.0f} ms (owner pid {owner})"
+        f"lab [bold]{lab.id}[/bold] is up: topology {lab.topology.name!r}, "
+        f"{len(hosts)} hosts in {lab.timings['up'] * 1000:.0f} ms (owner pid {owner})"
     )
     table = Table("host", "namespace", "addresses", box=None, pad_edge=False)
-    for name, host in info["hosts"].items():
+    for name, host in list(hosts.items())[:SHOWN_HOSTS]:
         addrs = "  ".join(f"{net}: {', '.join(a)}" for net, a in host["addresses"].items())
         table.add_row(name, host["netns"], addrs)
+    if len(hosts) > SHOWN_HOSTS:
+        table.add_row(f"… {len(hosts) - SHOWN_HOSTS} more", "", "(netharness up --json)")
     out.print(table)
     out.print(
         f"enter a host: netharness shell {lab.id} <host>   tear down: netharness down {lab.id}"
     )
+    sys.stdout.flush()
 
 
 @app.command("ls")
@@ -199,6 +212,8 @@ def clean(lab: str | None, dry_run: bool, quiet: bool) -> None:
             return
     else:
         records = _ledger.list_labs()
+        for name in [] if dry_run else _ledger.remove_stale_builds():
+            say(f"removed a half-built ledger {name}")
     for record in records:
         with _ledger.locked(record.dir) as free:
             if not free:

@@ -20,7 +20,7 @@ from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from harness import _netns
+from harness import _netns, naming
 from harness.errors import BackendError
 from harness.ledger import ABSENT
 from harness.topology import Host, Topology
@@ -55,7 +55,7 @@ class Fabric:
     def __init__(self, lab_id: str, topology: Topology, record: Record) -> None:
         self.lab_id = lab_id
         self.topology = topology
-        self.name = f"nh-{lab_id}"
+        self.name = naming.fabric_netns(lab_id)
         self.path = _netns.netns_path(self.name)
         self._record = record
         self._fd: int | None = None
@@ -107,7 +107,7 @@ class Fabric:
             await inside.link("set", index=1, state="up")
         for interface in host.interfaces:
             self._ports += 1
-            port = f"p{self._ports}"
+            port = naming.fabric_port(self._ports)
             with _netlink_errors(host.name, f"veth for {interface.ifname}"):
                 await self._ipr.link(
                     "add",

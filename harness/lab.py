@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -161,18 +161,27 @@ class Lab:
             self._runner.stop()
             self._state = "down"
 
-    def detach(self) -> int:
+    def detach(self, announce: Callable[[int], None] | None = None) -> int:
         """Leave the lab running after this process exits; returns the new owner's pid.
 
         The lab's fork server takes it over (and its lock), keeps its agents and services
-        alive, and tears it down on SIGTERM (`netharness down`).
+        alive, and tears it down on SIGTERM (`netharness down`). The hand-over commits
+        only after `announce(owner_pid)` returns: if this process dies or `announce`
+        raises before that, the lab is torn down rather than left running unannounced.
         """
         if self._state != "up":
             raise HarnessError(f"lab {self.id} is not up")
-        pid = self._runner.run(self._detach())
-        self._ledger.release()
-        self._runner.stop()
-        self._state = "detached"
+        committed = False
+        try:
+            pid = self._runner.run(self._detach())
+            if announce is not None:
+                announce(pid)
+            committed = True
+        finally:
+            self._runner.run(self._end_detach(committed))
+            self._ledger.release()
+            self._runner.stop()
+            self._state = "detached"
         return pid
 
     def __enter__(self) -> Lab:
@@ -383,8 +392,13 @@ class Lab:
             with contextlib.suppress(AgentError, OSError):
                 await agent.channel.aclose(timeout=0)
         self._agents.clear()
-        self._forkserver.forget()
         return owner
+
+    async def _end_detach(self, commit: bool) -> None:
+        assert self._forkserver is not None
+        if commit:
+            self._forkserver.commit()
+        self._forkserver.forget()  # without a commit, the server cleans the lab up
 
 
 def _read_all(fd: int) -> bytes:

@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import _netns
+from harness import _netns, naming
 from harness.errors import CleanupError, HarnessError, LabNotFound
 
 RUN_DIR = Path(os.environ.get("NETHARNESS_RUN_DIR", "/run/netharness"))
@@ -72,15 +71,26 @@ class Ledger:
         return self.dir / "logs"
 
     def open(self, info: dict[str, Any]) -> None:
-        """Create the directory (fails if the id is taken), take the lock, write lab.json."""
+        """Create the directory (fails if the id is taken), take the lock, write lab.json.
+
+        Built under a hidden name and renamed into place, so nobody (a concurrent
+        `clean`) ever sees a ledger whose lock is not yet held.
+        """
         labs_dir().mkdir(parents=True, exist_ok=True)
-        self.dir.mkdir()  # FileExistsError: the id is taken, never share a ledger
-        self.logs.mkdir()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        building = labs_dir() / f".{self.lab_id}.new"
+        building.mkdir()
+        (building / "logs").mkdir()
+        fd = os.open(building / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd = fd
+        (building / "lab.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        try:
+            building.rename(self.dir)  # fails if the id is taken: never share a ledger
+        except OSError:
+            shutil.rmtree(building, ignore_errors=True)
+            self.release()
+            raise FileExistsError(f"lab id {self.lab_id} is taken") from None
         self._log = open(self.dir / "ledger.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        self.write_info(info)
 
     def write_info(self, info: dict[str, Any]) -> None:
         tmp = self.dir / "lab.json.tmp"
@@ -186,6 +196,18 @@ def list_labs() -> list[LabRecord]:
     return [record for d in dirs if d.is_dir() and (record := read_lab(d)) is not None]
 
 
+def remove_stale_builds() -> list[str]:
+    """Remove ledgers a crash left half-built (before their rename into place)."""
+    removed = []
+    for path in labs_dir().glob(".*.new") if labs_dir().exists() else []:
+        if is_lab_id(path.name[1:-4]):
+            with locked(path) as free:
+                if free:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.name)
+    return removed
+
+
 def find_lab(lab_id: str) -> LabRecord:
     record = read_lab(labs_dir() / lab_id) if is_lab_id(lab_id) else None
     if record is None or not record.dir.exists():
@@ -199,10 +221,7 @@ def _ours(lab_id: str, entry: dict[str, str]) -> bool:
     # and data that points elsewhere is refused rather than obeyed.
     name = entry.get("name", "")
     base = os.path.basename(name)
-    return (
-        name == _netns.netns_path(base)
-        and re.fullmatch(rf"nh-{re.escape(lab_id)}(-[a-z][a-z0-9_-]*)?", base) is not None
-    )
+    return name == _netns.netns_path(base) and naming.is_lab_netns(lab_id, base)
 
 
 def destroy_recorded(record: LabRecord) -> list[str]:

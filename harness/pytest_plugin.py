@@ -15,6 +15,7 @@ import pytest
 from harness.lab import Lab
 
 _KEPT = pytest.StashKey[list[str]]()
+_LABS_STARTED = pytest.StashKey[int]()
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -39,6 +40,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "topology(path): the topology file the `lab` fixture brings up"
     )
     config.stash[_KEPT] = []
+    config.stash[_LABS_STARTED] = 0
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -77,6 +79,7 @@ def netharness_topology(request: pytest.FixtureRequest) -> Path:
 def lab(request: pytest.FixtureRequest, netharness_topology: Path) -> Iterator[Lab]:
     """A running lab of the marked topology, torn down after the test."""
     running = Lab.up(netharness_topology, backend=request.config.getoption("netharness_backend"))
+    request.config.stash[_LABS_STARTED] += 1
     try:
         yield running
     finally:
@@ -92,6 +95,13 @@ def lab(request: pytest.FixtureRequest, netharness_topology: Path) -> Iterator[L
             )
         else:
             running.down()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Ctrl-C: pytest has already run every lab's teardown by now; say "interrupted" the
+    # way shells and `netharness` do (128 + SIGINT) when a run had labs up.
+    if exitstatus == pytest.ExitCode.INTERRUPTED and session.config.stash.get(_LABS_STARTED, 0):
+        session.exitstatus = 130
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

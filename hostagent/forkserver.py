@@ -22,6 +22,7 @@ Messages, controller -> server:
   {"op": "detach", "drain": n} + fds [lock, n pipes to drain, pipes to hold...]:
       the lab's liveness lock (the controller's own open file, so the lock is never
       free in between) and the agents' controller-side pipes
+  {"op": "commit"}                      the detach is final: the controller's end may close
   {"op": "log", "path": p}              send our own stderr to p (once the lab has a ledger)
   {"op": "exit"}                        orderly: kill children, exit, no clean-up run
 server -> controller:
@@ -114,6 +115,7 @@ class ForkServer:
         self.lock_fd: int | None = None
         self.running = True
         self.orderly = False
+        self.committed = False  # a detach counts once the controller confirms it
         self.selector = selectors.DefaultSelector()
         self.sentinel_pid = 0
         self.sentinel_pipe = -1
@@ -203,6 +205,8 @@ class ForkServer:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.close(fd)
+        elif op == "commit":
+            self.committed = self.detached
         elif op == "exit":
             self.orderly = True
             self.running = False
@@ -242,7 +246,7 @@ class ForkServer:
 
     def on_eof(self) -> None:
         self.selector.unregister(self.control)
-        if not self.detached:
+        if not self.committed:
             self.running = False
 
     def on_signal(self, wake_r: int) -> None:

@@ -135,6 +135,10 @@ class ForkServerClient:
             process._exited(self._early_exits.pop(pid))
         return process
 
+    def commit(self) -> None:
+        """Confirm a detach: from now on our going away is not the lab's end."""
+        self._send({"op": "commit"})
+
     def log_to(self, path: str) -> None:
         self._send({"op": "log", "path": path})
 

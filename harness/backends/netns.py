@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from harness import _netns
+from harness import _netns, naming
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.errors import BackendError
@@ -31,11 +31,8 @@ class NetnsBackend(Backend):
         self._forkserver = forkserver
         self._record = record  # writes the ledger entry before the object exists
 
-    def netns_name(self, host: str) -> str:
-        return f"nh-{self._lab_id}-{host}"
-
     async def create(self, host: Host) -> HostHandle:
-        name = self.netns_name(host.name)
+        name = naming.host_netns(self._lab_id, host.name)
         path = _netns.netns_path(name)
         self._record("netns", path, {"host": host.name})
         try:
