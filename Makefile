@@ -2,16 +2,17 @@
 #   make install   system packages + .venv (idempotent; does nothing when up to date)
 #   make demo      bring up topologies/lan.yaml on the netns backend, show it at work, tear down
 #   make test      lint, types and the whole test suite (integration tests need root)
+#   make soak      the reliability tests at their full cycle counts (minutes)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages the tests and the netns backend use (ip netns exec, ss).
-APT_PACKAGES := iproute2 python3-venv
+# Debian packages the tests and the netns backend use (ip netns exec, ss, nft).
+APT_PACKAGES := iproute2 python3-venv nftables
 PYTEST_ARGS ?=
 
-.PHONY: install deps demo test lint typecheck unit integration clean-venv
+.PHONY: install deps demo test soak lint typecheck unit integration clean-venv
 
 install: deps $(STAMP)
 
@@ -43,6 +44,9 @@ typecheck: install
 
 test: lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+soak: install
+	NETHARNESS_SOAK=1 $(BIN)/pytest tests/reliability $(PYTEST_ARGS)
 
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ nothing into the root namespace, ever.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
@@ -19,6 +21,7 @@ class RootSnapshot:
     routes: frozenset[tuple[int, int, str | None, str | None, int | None]]
     namespaces: frozenset[str]
     sysctls: tuple[tuple[str, str], ...]
+    ruleset: str
 
     def difference(self, other: RootSnapshot) -> list[str]:
         lines = []
@@ -27,17 +30,44 @@ class RootSnapshot:
             lines += [f"{field}: gone {item}" for item in sorted(mine - theirs, key=str)]
             lines += [f"{field}: new {item}" for item in sorted(theirs - mine, key=str)]
         if self.sysctls != other.sysctls:
-            lines.append(f"sysctls changed: {self.sysctls} -> {other.sysctls}")
+            changed = sorted(set(self.sysctls) ^ set(other.sysctls))
+            lines.append(f"sysctls changed: {changed}")
+        if self.ruleset != other.ruleset:
+            lines.append("nft ruleset changed")
         return lines
 
 
-SYSCTLS = (
-    "net/ipv4/ip_forward",
-    "net/ipv6/conf/all/forwarding",
-    "net/ipv4/ip_local_port_range",
-    "net/ipv4/ip_unprivileged_port_start",
-    "net/ipv6/conf/default/accept_dad",
+# Every value a lab could plausibly change if it leaked into the root namespace.
+SYSCTL_DIRS = (
+    "/proc/sys/net/ipv4",
+    "/proc/sys/net/ipv6/conf/all",
+    "/proc/sys/net/ipv6/conf/default",
+    "/proc/sys/net/core",
 )
+
+
+def _sysctls() -> tuple[tuple[str, str], ...]:
+    values = []
+    for directory in SYSCTL_DIRS:
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if not entry.is_file():
+                continue
+            try:
+                with open(entry.path) as f:
+                    values.append((entry.path, f.read().strip()))
+            except OSError:
+                continue  # write-only entries such as route/flush
+    return tuple(values)
+
+
+def _ruleset() -> str:
+    # -s: without counters, which root-namespace traffic changes all the time.
+    nft = shutil.which("nft")
+    if nft is None:
+        raise RuntimeError("nft is not installed: `make install` installs nftables")
+    return subprocess.run(
+        [nft, "-s", "list", "ruleset"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def snapshot() -> RootSnapshot:
@@ -54,8 +84,4 @@ def snapshot() -> RootSnapshot:
         namespaces = frozenset(os.listdir("/run/netns"))
     except FileNotFoundError:
         namespaces = frozenset()
-    sysctls = []
-    for key in SYSCTLS:
-        with open(f"/proc/sys/{key}") as f:
-            sysctls.append((key, f.read().strip()))
-    return RootSnapshot(links, addresses, routes, namespaces, tuple(sysctls))
+    return RootSnapshot(links, addresses, routes, namespaces, _sysctls(), _ruleset())

@@ -1,0 +1,73 @@
+"""Shared by the reliability tests: the CLI, a 20-host topology, waiting for a clean root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.rootns import RootSnapshot, snapshot
+
+ROOT = Path(__file__).resolve().parents[2]
+LAN = ROOT / "topologies" / "lan.yaml"
+LABS = Path("/run/netharness/labs")
+SOAK = os.environ.get("NETHARNESS_SOAK") == "1"
+
+
+def cycles(normal: int, soak: int) -> int:
+    """How many times to repeat: fewer in `make test`, the full count in `make soak`."""
+    return soak if SOAK else normal
+
+
+def netharness(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def star(path: Path, hosts: int) -> Path:
+    """A topology of `hosts` hosts on one network, written to `path`."""
+    lines = ["name: star", "networks:", "  lan: {subnet: 10.0.0.0/16}", "hosts:"]
+    lines += [f"  h{i:03d}: {{networks: {{lan: auto}}}}" for i in range(1, hosts + 1)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def lab_namespaces() -> set[str]:
+    try:
+        return {n for n in os.listdir("/run/netns") if n.startswith("nh-")}
+    except FileNotFoundError:
+        return set()
+
+
+def wait_clean(before: RootSnapshot, within: float) -> tuple[float, list[str]]:
+    """Wait until the root namespace looks as before and no ledger is left.
+
+    Returns the time it took (or `within` if it never did) and what still differs.
+    """
+    started = time.monotonic()
+    while True:
+        left = before.difference(snapshot())
+        ledgers = sorted(p.name for p in LABS.glob("*")) if LABS.exists() else []
+        left += [f"ledger {name}" for name in ledgers]
+        elapsed = time.monotonic() - started
+        if not left or elapsed > within:
+            return elapsed, left
+        time.sleep(0.01)
