@@ -14,24 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.rootns import snapshot
+from tests.support import netharness
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN = str(ROOT / "topologies" / "lan.yaml")
 LABS = Path("/run/netharness/labs")
-
-
-def netharness(
-    *args: str, input: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        input=input,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 def lab_namespaces(lab_id: str) -> list[str]:

@@ -92,18 +92,4 @@ def test_keep_leaves_a_failed_tests_lab_up_and_says_how_to_enter(
     assert our_namespaces() == before
 
 
-def test_labs_run_in_parallel_under_xdist(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(f"""
-        import pytest
-
-        @pytest.mark.parametrize("n", range(4))
-        @pytest.mark.topology({str(LAN)!r})
-        def test_parallel(lab, n):
-            server = lab.hosts["h2"].agent()
-            port = server.listen("udp").port
-            conn = lab.hosts["h1"].agent().connect("udp", "10.0.1.12", port)
-            assert conn.request(str(n)).pid == server.pid
-    """)
-    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4)
-    assert our_namespaces() == set()
+# pytest-xdist with 8 workers: tests/reliability/test_parallel.py::test_xdist_with_eight_workers

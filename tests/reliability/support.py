@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.integration.rootns import RootSnapshot, snapshot
+from tests.support import ROOT, netharness, start
 
-ROOT = Path(__file__).resolve().parents[2]
 LAN = ROOT / "topologies" / "lan.yaml"
 LABS = Path("/run/netharness/labs")
 SOAK = os.environ.get("NETHARNESS_SOAK") == "1"
@@ -19,27 +17,6 @@ SOAK = os.environ.get("NETHARNESS_SOAK") == "1"
 def cycles(normal: int, soak: int) -> int:
     """How many times to repeat: fewer in `make test`, the full count in `make soak`."""
     return soak if SOAK else normal
-
-
-def netharness(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "harness", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
 
 
 def star(path: Path, hosts: int) -> Path:
@@ -71,3 +48,6 @@ def wait_clean(before: RootSnapshot, within: float) -> tuple[float, list[str]]:
         if not left or elapsed > within:
             return elapsed, left
         time.sleep(0.01)
+
+
+__all__ = ["ROOT", "netharness", "start"]  # re-exported for the reliability tests
