@@ -22,15 +22,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from harness import _netns
 from harness import ledger as _ledger
 from harness._loop import LoopThread
 from harness.agent import Agent, AgentChannel
 from harness.backends import create_backend
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Stdio
-from harness.errors import AgentError, EnvironmentProblem, HarnessError
+from harness.errors import AgentError, EnvironmentProblem, HarnessError, LabNotFound
 from harness.fabric import Fabric, wire_all
-from harness.topology import Host, Topology, load_topology
+from harness.topology import Host, Topology, load_topology, parse_topology
 
 AGENT_CLOSE_TIMEOUT = 1.0
 T = TypeVar("T")
@@ -86,9 +87,12 @@ class LabHost:
             for i in self.spec.interfaces
         }
 
-    def agent(self) -> Agent:
-        """Start a new agent process in this host: a new application with its own pid."""
-        return self._lab._run(self._lab._start_agent(self))
+    def agent(self, user: str | None = None) -> Agent:
+        """Start a new agent process in this host: a new application with its own pid.
+
+        `user` (a name or uid) runs it as that unprivileged user instead of root.
+        """
+        return self._lab._run(self._lab._start_agent(self, user))
 
     def run(self, argv: Sequence[str], timeout: float = 30.0) -> CommandResult:
         """Run a command inside the host and collect its output."""
@@ -118,6 +122,7 @@ class Lab:
         self._state = "new"  # new → starting → up → down | detached
         self._created = 0.0
         self._host_agents: dict[str, Agent] = {}
+        self._attached: _ledger.LabRecord | None = None  # set when joined, not owned
         self.timings: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -135,6 +140,36 @@ class Lab:
             topology = load_topology(topology)
         lab = cls(topology, lab_id=lab_id, backend=backend)
         lab.start()
+        return lab
+
+    @classmethod
+    def attach(cls, lab_id: str) -> Lab:
+        """Join a lab that is already running (from `netharness up` or another program).
+
+        The attached Lab starts its own agents and commands in the lab's hosts; leaving it
+        (`down()` or the end of a `with` block) ends only what it started: the lab stays.
+        """
+        record = _ledger.find_lab(lab_id)
+        if not record.alive:
+            raise LabNotFound(
+                f"lab {lab_id} has no live owner; `netharness clean` removes what it left"
+            )
+        try:
+            text = (record.dir / "topology.yaml").read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise LabNotFound(f"lab {lab_id} is still coming up or going down") from None
+        topology = parse_topology(text, str(record.info.get("source", lab_id)))
+        lab = cls(topology, lab_id=lab_id)
+        lab._attached = record
+        _check_environment()
+        lab._state = "starting"
+        lab._runner.start()
+        try:
+            lab._runner.run(lab._join(record))
+        except BaseException:
+            lab.down()
+            raise
+        lab._state = "up"
         return lab
 
     def start(self) -> None:
@@ -235,6 +270,7 @@ class Lab:
             )
             self._forkserver.start()
             self._ledger.open(self.describe())
+            (self._ledger.dir / "topology.yaml").write_text(self.topology.text, encoding="utf-8")
             self._forkserver.log_to(str(self._ledger.logs / "forkserver.log"))
             self._backend = create_backend(
                 self.backend_name or "netns",
@@ -260,6 +296,28 @@ class Lab:
             self._ledger.write_info(self.describe())
             self.timings["up"] = time.perf_counter() - started
 
+    async def _join(self, record: _ledger.LabRecord) -> None:
+        self._lifecycle = asyncio.Lock()
+        async with self._lifecycle:
+            self._forkserver = ForkServerClient([])  # not ours to clean up if we die
+            self._forkserver.start()
+
+            def refuse(kind: str, name: str, attrs: dict[str, str]) -> None:
+                raise HarnessError(f"an attached lab creates no {kind} ({name})")
+
+            backend = record.info.get("backend") or "netns"
+            self._backend = create_backend(
+                backend, lab_id=self.id, forkserver=self._forkserver, record=refuse
+            )
+            hosts = {}
+            for spec in self.topology.hosts.values():
+                netns = record.info["hosts"][spec.name]["netns"]
+                handle = HostHandle(
+                    name=spec.name, netns_path=_netns.netns_path(netns), backend=backend
+                )
+                hosts[spec.name] = LabHost(self, spec, handle)
+            self.hosts = MappingProxyType(hosts)
+
     async def _start_host_agents(self) -> None:
         # One agent per host at bring-up: services and probes use it; agent() adds more.
         started = await asyncio.gather(*(self._start_agent(h) for h in self.hosts.values()))
@@ -282,7 +340,7 @@ class Lab:
                         echo=True,
                     )
 
-    async def _start_agent(self, host: LabHost) -> Agent:
+    async def _start_agent(self, host: LabHost, user: str | None = None) -> Agent:
         assert self._backend is not None
         in_read, in_write = os.pipe()
         out_read, out_write = os.pipe()
@@ -292,7 +350,9 @@ class Lab:
             0o600,
         )
         try:
-            process = await self._backend.start(host.handle, AGENT, Stdio(in_read, out_write, log))
+            process = await self._backend.start(
+                host.handle, AGENT, Stdio(in_read, out_write, log), user=user
+            )
         except BaseException:
             for fd in (in_write, out_read):
                 os.close(fd)
@@ -367,7 +427,7 @@ class Lab:
                 if self._forkserver is not None:
                     await self._forkserver.close(orderly=True)
                 record = _ledger.read_lab(self._ledger.dir)
-                if record is not None and record.dir.exists():
+                if self._attached is None and record is not None and record.dir.exists():
                     await asyncio.to_thread(_ledger.destroy_recorded, record)
 
     async def _detach(self) -> int:

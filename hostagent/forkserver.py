@@ -16,7 +16,8 @@ the controller, holds the lab's liveness lock and keeps the agents' controller-s
 open (draining their output) until told to go.
 
 Messages, controller -> server:
-  {"op": "spawn", "seq": n, "netns": path, "argv": [...] | null, "env": {...} | null}
+  {"op": "spawn", "seq": n, "netns": path, "argv": [...] | null, "env": {...} | null,
+   "user": name | uid | null}
       + fds [stdin, stdout, stderr]; argv null means run the host agent in the child.
   {"op": "kill", "pid": p, "signal": s}
   {"op": "detach", "drain": n} + fds [lock, n pipes to drain, pipes to hold...]:
@@ -38,6 +39,7 @@ import ctypes
 import errno
 import json
 import os
+import pwd
 import selectors
 import signal
 import socket
@@ -77,7 +79,20 @@ def _enter_netns(path: str, own_mounts: bool) -> None:
         _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None)
 
 
-def _child(netns: str, argv: list[str] | None, env: dict[str, str] | None, fds: list[int]) -> None:
+def _drop_privileges(user: str) -> None:
+    entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)  # all capabilities go with root: a plain user's process
+
+
+def _child(
+    netns: str,
+    argv: list[str] | None,
+    env: dict[str, str] | None,
+    fds: list[int],
+    user: str | None = None,
+) -> None:
     """Runs in the forked child; never returns."""
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -93,12 +108,14 @@ def _child(netns: str, argv: list[str] | None, env: dict[str, str] | None, fds: 
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         os.closerange(3, 65536)
+        if user is not None:
+            _drop_privileges(user)
         if argv is None:
             from hostagent.agent import serve
 
             os._exit(serve(0, 1))
         os.execvpe(argv[0], argv, env if env is not None else dict(os.environ))
-    except OSError as exc:
+    except (OSError, KeyError) as exc:
         os.write(2, f"netharness: cannot start {argv or 'agent'}: {exc}\n".encode())
         os._exit(127)
     except BaseException:
@@ -219,7 +236,7 @@ class ForkServer:
         argv = message.get("argv")
         pid = os.fork()
         if pid == 0:
-            _child(message["netns"], argv, message.get("env"), fds)
+            _child(message["netns"], argv, message.get("env"), fds, message.get("user"))
         self.children.add(pid)
         self.send({"seq": seq, "pid": pid})
 
@@ -322,7 +339,13 @@ def main(argv: list[str]) -> int:
         return 2
     control = socket.socket(fileno=int(argv[1]))
     on_orphan = json.loads(argv[2]) if len(argv) > 2 else []
-    import hostagent.agent  # noqa: F401  - imported once here, not in every child
+    # Imported once here, not in every child, and before a child drops to a user who may
+    # not be able to read the interpreter's files: resource (agent limits) and the idna
+    # codec (socket calls with str addresses) are imported lazily by the stdlib otherwise.
+    import encodings.idna  # noqa: F401
+    import resource  # noqa: F401
+
+    import hostagent.agent  # noqa: F401
 
     ForkServer(control, on_orphan).serve()
     return 0

@@ -112,6 +112,7 @@ class ForkServerClient:
         argv: Sequence[str] | None,
         stdio: Sequence[int],
         env: dict[str, str] | None = None,
+        user: str | None = None,
     ) -> ForkedProcess:
         self._seq += 1
         seq = self._seq
@@ -123,6 +124,7 @@ class ForkServerClient:
             "netns": netns_path,
             "argv": list(argv) if argv is not None else None,
             "env": env,
+            "user": user,
         }
         try:
             self._send(message, stdio)

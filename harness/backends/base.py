@@ -66,8 +66,11 @@ class Backend(abc.ABC):
         """Make the host (nothing wired yet) and return its namespace handle."""
 
     @abc.abstractmethod
-    async def start(self, handle: HostHandle, argv: Sequence[str], stdio: Stdio) -> Process:
-        """Start `argv` (or `AGENT`) inside the host with the given stdio."""
+    async def start(
+        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+    ) -> Process:
+        """Start `argv` (or `AGENT`) inside the host with the given stdio, as `user`
+        (a name or uid; None: as the controller's user)."""
 
     @abc.abstractmethod
     async def destroy(self, handle: HostHandle) -> None:

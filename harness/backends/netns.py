@@ -60,10 +60,12 @@ class NetnsBackend(Backend):
             name=host.name, netns_path=path, backend=self.name, details={"netns": name}
         )
 
-    async def start(self, handle: HostHandle, argv: Sequence[str], stdio: Stdio) -> Process:
+    async def start(
+        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+    ) -> Process:
         command = None if argv is AGENT else list(argv)
         return await self._forkserver.spawn(
-            handle.netns_path, command, (stdio.stdin, stdio.stdout, stdio.stderr)
+            handle.netns_path, command, (stdio.stdin, stdio.stdout, stdio.stderr), user=user
         )
 
     async def destroy(self, handle: HostHandle) -> None:

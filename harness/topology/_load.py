@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from harness.errors import Problem, TopologyError
@@ -59,4 +60,4 @@ def parse_topology(text: str, filename: str = "<string>") -> Topology:
     problems += checker.problems
     if problems or topology is None:
         raise TopologyError(problems)
-    return topology
+    return dataclasses.replace(topology, text=text)

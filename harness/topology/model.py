@@ -8,7 +8,7 @@ are read-only views that keep the order of the file.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
     IPv4Interface,
@@ -93,3 +93,6 @@ class Topology:
     networks: Mapping[str, Network]
     hosts: Mapping[str, Host]
     source: str  # the file it was read from, or "<string>"
+    # The YAML it was parsed from: a running lab keeps it, so `Lab.attach` sees the very
+    # topology the lab was built from even if the file changed since.
+    text: str = field(default="", repr=False, compare=False)

@@ -1,0 +1,159 @@
+"""What every suite shares: check records, a recorder, and the hosts that play each role.
+
+A suite is a module with `NAME`, `CHECKS` (the names of the checks it always reports, in
+order: pytest collects them before anything runs) and `run(lab, **options) -> list[Check]`
+that returns exactly one record per name in CHECKS. A check that could not be carried out
+is reported with verdict "error" and the reason, never left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.lab import Lab, LabHost
+
+Verdict = Literal["pass", "fail", "error"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One claim, checked: what was expected, what was observed, and the evidence."""
+
+    suite: str
+    name: str
+    verdict: Verdict
+    expected: str
+    observed: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)  # JSON-able: tuples, pids, errnos
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "check": self.name,
+            "verdict": self.verdict,
+            "expected": self.expected,
+            "observed": self.observed,
+            "evidence": dict(self.evidence),
+            "seconds": round(self.seconds, 4),
+        }
+
+
+class Recorder:
+    """Collects a suite's checks; `check()` is a context manager that times the check and
+    turns an unexpected exception into an "error" record instead of losing the others.
+
+        rec = Recorder("multiplexing", CHECKS)
+        with rec.check("udp-one-socket-serves-all", expected="...") as c:
+            ...
+            c.observe(ok=all_good, observed="...", evidence={...})
+        return rec.results()
+    """
+
+    def __init__(self, suite: str, names: Sequence[str]) -> None:
+        self.suite = suite
+        self.names = tuple(names)
+        self._records: dict[str, Check] = {}
+
+    @contextlib.contextmanager
+    def check(self, name: str, *, expected: str) -> Iterator[Observation]:
+        if name not in self.names:
+            raise ValueError(f"{self.suite}: {name!r} is not one of its CHECKS")
+        observation = Observation()
+        started = time.perf_counter()
+        try:
+            yield observation
+        except (HarnessError, OSError, TimeoutError, AssertionError, ValueError) as exc:
+            observation.error(f"{type(exc).__name__}: {exc}", traceback.format_exc(limit=3))
+        seconds = time.perf_counter() - started
+        self._records[name] = Check(
+            self.suite,
+            name,
+            observation.verdict,
+            expected,
+            observation.observed,
+            observation.evidence,
+            seconds,
+        )
+
+    def results(self) -> list[Check]:
+        """One record per declared check, in declared order; missing ones are errors."""
+        return [
+            self._records.get(name)
+            or Check(self.suite, name, "error", "", "the suite ended before this check ran")
+            for name in self.names
+        ]
+
+
+class Observation:
+    """What a check saw; `observe` sets the verdict from `ok`."""
+
+    def __init__(self) -> None:
+        self.verdict: Verdict = "error"
+        self.observed = "no observation was recorded"
+        self.evidence: dict[str, Any] = {}
+
+    def observe(
+        self, *, ok: bool, observed: str, evidence: Mapping[str, Any] | None = None
+    ) -> None:
+        self.verdict = "pass" if ok else "fail"
+        self.observed = observed
+        self.evidence = dict(evidence or {})
+
+    def error(self, observed: str, detail: str = "") -> None:
+        self.verdict = "error"
+        self.observed = observed
+        if detail:
+            self.evidence = {**self.evidence, "traceback": detail}
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Which hosts play which part: one server, and the clients that talk to it."""
+
+    server: str
+    clients: tuple[str, ...]
+
+
+def pick_roles(
+    lab: Lab, server: str | None = None, clients: Sequence[str] | None = None, min_clients: int = 1
+) -> Roles:
+    """Sensible defaults: the last host that does not forward is the server, every other
+    host (routers included) a client. Explicit choices are checked against the lab."""
+    names = list(lab.hosts)
+    for name in [server, *(clients or ())]:
+        if name is not None and name not in lab.hosts:
+            raise HarnessError(f"no host {name!r} in lab {lab.id} (hosts: {', '.join(names)})")
+    if server is None:
+        end_hosts = [n for n in names if not lab.hosts[n].spec.forwarding] or names
+        server = end_hosts[-1]
+    chosen = tuple(clients) if clients else tuple(n for n in names if n != server)
+    if len(chosen) < min_clients:
+        raise HarnessError(
+            f"this suite needs {min_clients} client host(s) besides the server {server}; "
+            f"lab {lab.id} has {len(chosen)}"
+        )
+    return Roles(server, chosen)
+
+
+def target_address(client: LabHost, server: LabHost, family: int = 4) -> str:
+    """The server's address a client should use: on a shared network if there is one."""
+    mine = {i.network for i in client.spec.interfaces}
+    for interface in server.spec.interfaces:
+        if interface.network in mine:
+            address = interface.address if family == 4 else interface.address6
+            if address is not None:
+                return str(address.ip)
+    return server.address(family=family)
