@@ -35,6 +35,7 @@ from hostagent.net import (
     source_pktinfo,
 )
 from hostagent.ops import OPS
+from hostagent import ops_bulk, ops_suites  # noqa: F401  - they register more ops
 from hostagent.protocol import (
     AGENT_NAME,
     MAX_LINE,
