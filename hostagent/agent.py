@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from hostagent import ops_bulk, ops_suites  # noqa: F401  - they register more ops
 from hostagent.net import (
     CMSG_BUFFER,
     READ_CAP,
@@ -35,7 +36,6 @@ from hostagent.net import (
     source_pktinfo,
 )
 from hostagent.ops import OPS
-from hostagent import ops_bulk, ops_suites  # noqa: F401  - they register more ops
 from hostagent.protocol import (
     AGENT_NAME,
     MAX_LINE,
