@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -29,7 +30,13 @@ from harness.agent import Agent, AgentChannel
 from harness.backends import create_backend
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Stdio
-from harness.errors import AgentError, EnvironmentProblem, HarnessError, LabNotFound
+from harness.errors import (
+    AgentError,
+    BackendError,
+    EnvironmentProblem,
+    HarnessError,
+    LabNotFound,
+)
 from harness.fabric import Fabric, wire_all
 from harness.topology import Host, Topology, load_topology, parse_topology
 
@@ -94,9 +101,12 @@ class LabHost:
         """
         return self._lab._run(self._lab._start_agent(self, user))
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0) -> CommandResult:
-        """Run a command inside the host and collect its output."""
-        return self._lab._run(self._lab._run_command(self, list(argv), timeout))
+    def run(
+        self, argv: Sequence[str], timeout: float = 30.0, input: str | bytes | None = None
+    ) -> CommandResult:
+        """Run a command inside the host, feeding it `input`, and collect its output."""
+        data = input.encode() if isinstance(input, str) else input
+        return self._lab._run(self._lab._run_command(self, list(argv), timeout, data))
 
     def __repr__(self) -> str:
         return f"<LabHost {self.name} {self.addresses}>"
@@ -291,6 +301,7 @@ class Lab:
             )
             self.timings["wired"] = time.perf_counter() - started
             await self._fabric.close()  # its netlink socket would pin the namespace
+            await self._apply_nft()
             await self._open_services()
             self._state = "up"
             self._ledger.write_info(self.describe())
@@ -322,6 +333,28 @@ class Lab:
         # One agent per host at bring-up: services and probes use it; agent() adds more.
         started = await asyncio.gather(*(self._start_agent(h) for h in self.hosts.values()))
         self._host_agents = dict(zip(self.hosts, started, strict=True))
+
+    async def _apply_nft(self) -> None:
+        scripts = {n: h.spec.nft for n, h in self.hosts.items() if h.spec.nft}
+        if not scripts:
+            return
+        nft = shutil.which("nft")
+        if nft is None:
+            raise EnvironmentProblem(
+                f"hosts {', '.join(scripts)} have `nft` rules but nft is not installed here; "
+                "install it with `apt-get install nftables`"
+            )
+
+        async def apply(name: str, script: str) -> None:
+            result = await self._run_command(
+                self.hosts[name], [nft, "-f", "-"], 30, script.encode()
+            )
+            if result.returncode != 0:
+                raise BackendError(
+                    f"nft refused the host's `nft` script: {result.stderr.strip()}", host=name
+                )
+
+        await asyncio.gather(*(apply(n, s) for n, s in scripts.items()))
 
     async def _open_services(self) -> None:
         for name, host in self.hosts.items():
@@ -369,24 +402,31 @@ class Lab:
         self._agents.append(agent)
         return agent
 
-    async def _run_command(self, host: LabHost, argv: list[str], timeout: float) -> CommandResult:
+    async def _run_command(
+        self, host: LabHost, argv: list[str], timeout: float, stdin: bytes | None = None
+    ) -> CommandResult:
         assert self._backend is not None
         loop = asyncio.get_running_loop()
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        in_read, in_write = os.pipe()
         try:
             process = await self._backend.start(
-                host.handle, argv, Stdio(null, out_write, err_write)
+                host.handle, argv, Stdio(in_read, out_write, err_write)
             )
+        except BaseException:
+            for fd in (out_read, err_read, in_write):
+                os.close(fd)
+            raise
         finally:
-            for fd in (null, out_write, err_write):
+            for fd in (in_read, out_write, err_write):
                 os.close(fd)
         try:
-            out, err, code = await asyncio.wait_for(
+            out, err, _, code = await asyncio.wait_for(
                 asyncio.gather(
                     loop.run_in_executor(None, _read_all, out_read),
                     loop.run_in_executor(None, _read_all, err_read),
+                    loop.run_in_executor(None, _write_all, in_write, stdin or b""),
                     process.wait(),
                 ),
                 timeout,
@@ -459,6 +499,18 @@ class Lab:
         if commit:
             self._forkserver.commit()
         self._forkserver.forget()  # without a commit, the server cleans the lab up
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Feed a command's stdin, then close it (EOF), whatever the command does with it."""
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BrokenPipeError:
+        pass  # the command exited without reading it all; its exit status says why
+    finally:
+        os.close(fd)
 
 
 def _read_all(fd: int) -> bytes:

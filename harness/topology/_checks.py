@@ -636,6 +636,7 @@ class Checker:
             MappingProxyType(self.sysctls[host.name]),
             host.raw.backend,
             services,
+            host.raw.nft,
         )
 
 

@@ -180,6 +180,15 @@ class RawHost(_Strict):
         description="Listeners opened when the lab comes up.",
         examples=[[{"proto": "tcp", "port": 443}]],
     )
+    nft: str | None = Field(
+        None,
+        description="Raw nftables script, applied with `nft -f` inside the host's namespace "
+        "when the lab comes up (from the controller: images need no nft).",
+        examples=[
+            "table ip nat { chain post { type nat hook postrouting priority srcnat; "
+            'oifname "wan" masquerade; } }'
+        ],
+    )
 
 
 class RawTopology(_Strict):

@@ -75,6 +75,7 @@ class Host:
     sysctls: Mapping[str, str]
     backend: str
     services: tuple[Service, ...]
+    nft: str | None = None  # raw nftables script applied in the host at bring-up
 
     def interface(self, network: str) -> Interface:
         """The interface of this host on `network`; KeyError if it is not connected."""

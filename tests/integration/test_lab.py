@@ -224,3 +224,51 @@ def test_services_listen_from_bring_up_and_sysctls_apply() -> None:
             "40000",
             "40009",
         ]
+
+
+NAT = """
+name: nat
+networks:
+  inside: {subnet: 10.0.10.0/24}
+  outside: {subnet: 198.18.0.0/24}
+hosts:
+  client: {networks: {inside: 10.0.10.11}, routes: [{to: default, via: 10.0.10.1}]}
+  router:
+    networks: {inside: 10.0.10.1, outside: 198.18.0.1}
+    forwarding: true
+    nft: |
+      table ip nat {
+        chain postrouting {
+          type nat hook postrouting priority srcnat; policy accept;
+          oifname "outside" masquerade
+        }
+      }
+  server: {networks: {outside: 198.18.0.10}}
+"""
+
+
+def test_nft_scripts_apply_inside_the_host_only() -> None:
+    from harness.topology import parse_topology
+
+    before = snapshot()
+    with Lab.up(parse_topology(NAT, "nat.yaml")) as lab:
+        rules = lab.hosts["router"].run(["nft", "list", "ruleset"]).stdout
+        assert "masquerade" in rules
+        assert "masquerade" not in lab.hosts["client"].run(["nft", "list", "ruleset"]).stdout
+        server = lab.hosts["server"].agent()
+        port = server.listen("tcp").port
+        conn = lab.hosts["client"].agent().connect("tcp", "198.18.0.10", port)
+        echo = conn.request("through nat")
+        assert conn.local[0] == "10.0.10.11"
+        assert echo.peer[0] == "198.18.0.1"  # the server sees the router: translated
+    assert before.difference(snapshot()) == []
+
+
+def test_an_nft_script_nft_refuses_stops_bring_up_and_leaves_nothing() -> None:
+    from harness.topology import parse_topology
+
+    before = snapshot()
+    broken = NAT.replace("masquerade\n", "masquerade-please\n")
+    with pytest.raises(BackendError, match="host router: nft refused"):
+        Lab.up(parse_topology(broken, "nat.yaml"))
+    assert before.difference(snapshot()) == []
