@@ -282,6 +282,69 @@ def shell(lab: str, host: str) -> None:
     raise SystemExit(128 - code if code < 0 else code)
 
 
+def _suite_options(settings: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set wants key=value, not {setting!r}")
+        options[key.replace("-", "_")] = int(value) if value.isdigit() else value
+    return options
+
+
+@app.command()
+@click.argument("name")
+@click.argument("target")
+@json_option
+@click.option("--server", default=None, help="The host that plays the server.")
+@click.option("--clients", default=None, help="Client hosts, comma-separated.")
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A suite option, e.g. --set connections=5000 (repeatable).",
+)
+def suite(
+    name: str,
+    target: str,
+    json_out: bool,
+    server: str | None,
+    clients: str | None,
+    settings: tuple[str, ...],
+) -> None:
+    """Run a suite (multiplexing, five_tuple, ports or all) on a topology file (brought
+    up and torn down) or on a running lab (by id). Exit 1 if a check does not pass."""
+    from harness.lab import Lab
+    from harness.suites import expand, run_suite, suite_options
+    from harness.topology import load_topology
+
+    names = expand(name)
+    options = _suite_options(settings)
+    unknown = set(options) - {key for n in names for key in suite_options(n)}
+    if unknown:
+        raise UsageError(f"no suite of {', '.join(names)} takes {', '.join(sorted(unknown))}")
+    roles: dict[str, Any] = {"server": server}
+    if clients:
+        roles["clients"] = [c.strip() for c in clients.split(",") if c.strip()]
+    is_file = Path(target).suffix in (".yaml", ".yml") or Path(target).is_file()
+    lab = Lab.up(load_topology(Path(target))) if is_file else Lab.attach(target)
+    with lab:
+        checks = []
+        for suite_name in names:
+            accepted = suite_options(suite_name)
+            mine = {k: v for k, v in options.items() if k in accepted}
+            checks += run_suite(suite_name, lab, **roles, **mine)
+    from harness.report import checks_json, print_checks
+
+    if json_out:
+        _print_json(checks_json(lab.id, checks))
+    else:
+        print_checks(out, checks, title=f"lab {lab.id}: {', '.join(names)}")
+    if not checks or not all(c.passed for c in checks):
+        raise SystemExit(1)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the topology format (for editors)."""

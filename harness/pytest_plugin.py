@@ -7,12 +7,15 @@ conftest to change scope or choose topologies another way.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness.lab import Lab
+from harness.suites import Check, checks_of, expand, run_suite
 
 _KEPT = pytest.StashKey[list[str]]()
 _LABS_STARTED = pytest.StashKey[int]()
@@ -26,6 +29,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         metavar="NAME",
         help="backend for every host of every lab (default: as the topology says, netns)",
+    )
+    group.addoption(
+        "--netharness-suite",
+        default=None,
+        metavar="NAME",
+        help="run suite NAME (or all) on each topology file named on the command line; "
+        "each check is one test item",
     )
     group.addoption(
         "--netharness-keep",
@@ -95,6 +105,85 @@ def lab(request: pytest.FixtureRequest, netharness_topology: Path) -> Iterator[L
             )
         else:
             running.down()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """With --netharness-suite: a topology file named on the command line becomes tests.
+
+    Only files given as arguments are collected, never other YAML in the repository.
+    """
+    config = parent.config
+    suite = config.getoption("netharness_suite")
+    if suite is None or file_path.suffix not in (".yaml", ".yml"):
+        return None
+    named = {(config.invocation_params.dir / arg.split("::")[0]).resolve() for arg in config.args}
+    if file_path.resolve() not in named:
+        return None
+    return SuiteFile.from_parent(parent, path=file_path, suites=suite)
+
+
+class SuiteFile(pytest.File):
+    """A topology file: brought up once, every selected suite run, one item per check."""
+
+    def __init__(self, *, suites: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite_names = expand(suites)
+        self.results: dict[tuple[str, str], Check] = {}
+        self._lab: Lab | None = None
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for suite in self.suite_names:
+            for check in checks_of(suite):
+                yield SuiteCheck.from_parent(self, name=f"{suite}::{check}", key=(suite, check))
+
+    def setup(self) -> None:
+        self._lab = Lab.up(self.path, backend=self.config.getoption("netharness_backend"))
+        self.config.stash[_LABS_STARTED] += 1
+        for suite in self.suite_names:
+            for check in run_suite(suite, self._lab):
+                self.results[(check.suite, check.name)] = check
+
+    def teardown(self) -> None:
+        if self._lab is not None:
+            self._lab.down()
+            self._lab = None
+
+
+class SuiteCheckFailed(Exception):
+    def __init__(self, check: Check) -> None:
+        super().__init__(check.name)
+        self.check = check
+
+
+class SuiteCheck(pytest.Item):
+    def __init__(self, *, key: tuple[str, str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.key = key
+
+    def runtest(self) -> None:
+        assert isinstance(self.parent, SuiteFile)
+        check = self.parent.results.get(self.key)
+        if check is None:
+            raise SuiteCheckFailed(
+                Check(self.key[0], self.key[1], "error", "", "the suite reported no such check")
+            )
+        if not check.passed:
+            raise SuiteCheckFailed(check)
+
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | Any:
+        if isinstance(excinfo.value, SuiteCheckFailed):
+            check = excinfo.value.check
+            evidence = json.dumps(dict(check.evidence), indent=2, default=str)
+            return (
+                f"{check.suite}/{check.name}: {check.verdict}\n"
+                f"expected: {check.expected}\nobserved: {check.observed}\nevidence: {evidence}"
+            )
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.key[0]}::{self.key[1]}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -65,6 +65,15 @@ def checks_of(name: str) -> Sequence[str]:
     return tuple(suite_module(name).CHECKS)
 
 
+def suite_options(name: str) -> set[str]:
+    """The options a suite's `run` takes besides the lab (server and clients included)."""
+    import inspect
+
+    parameters = inspect.signature(suite_module(name).run).parameters
+    keyword = inspect.Parameter.VAR_KEYWORD
+    return {p for p in parameters if p != "lab" and parameters[p].kind != keyword}
+
+
 def run_suite(name: str, lab: Lab, **options: Any) -> list[Check]:
     runner: Callable[..., list[Check]] = suite_module(name).run
     return runner(lab, **options)
@@ -79,6 +88,7 @@ __all__ = [
     "expand",
     "pick_roles",
     "run_suite",
+    "suite_options",
     "suite_module",
     "target_address",
 ]
