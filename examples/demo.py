@@ -14,6 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import Lab, load_topology
+from harness.report import print_checks
+from harness.suites import SUITES, run_suite
 
 # Wide enough for IPv6 endpoints even when make pipes the output (no terminal: 80 cols).
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
@@ -74,6 +76,15 @@ def main(path: str) -> int:
             f"{flows.row_count} flows, {failures} wrong; every answer came from the "
             "process that owns the destination port"
         )
+
+        # The transport suites, on the same lab: each check with what it observed.
+        checks = []
+        for name in SUITES:
+            suite_started = time.perf_counter()
+            checks += run_suite(name, lab)
+            console.print(f"suite {name}: {time.perf_counter() - suite_started:.1f} s")
+        print_checks(console, checks, title=f"transport suites on lab {lab.id}")
+        failures += sum(not c.passed for c in checks)
     console.print(f"lab {lab.id} torn down; total {time.perf_counter() - started:.2f} s")
     return 1 if failures else 0
 
