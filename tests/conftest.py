@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
 from tests.integration.rootns import RootSnapshot, snapshot
 
 pytest_plugins = ["pytester"]
+
+_BEFORE = pytest.StashKey[RootSnapshot]()
 
 
 @pytest.fixture
@@ -16,11 +17,28 @@ def needs_root() -> None:
         pytest.fail("this test creates network namespaces and needs root", pytrace=False)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def root_namespace_untouched() -> Iterator[RootSnapshot]:
-    """Fails the run if the root namespace differs after the session: links, addresses,
-    routes, namespaces, net sysctls and the nft ruleset, byte for byte."""
-    before = snapshot()
-    yield before
-    after = snapshot()
-    assert not before.difference(after), f"root namespace changed: {before.difference(after)}"
+def _checks_root(config: pytest.Config) -> bool:
+    # Once per run: in the xdist controller (or a plain run), never in a worker, whose
+    # neighbours' labs would come and go under its feet.
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _checks_root(session.config):
+        session.config.stash[_BEFORE] = snapshot()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if the root namespace differs afterwards: links, addresses, routes,
+    namespaces, net sysctls and the nft ruleset, byte for byte."""
+    before = session.config.stash.get(_BEFORE, None)
+    if before is None:
+        return
+    changed = before.difference(snapshot())
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.section("root namespace changed", red=True)
+            for line in changed:
+                reporter.write_line(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
