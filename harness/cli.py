@@ -303,7 +303,8 @@ def _suite_options(settings: tuple[str, ...]) -> dict[str, Any]:
     "settings",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A suite option, e.g. --set connections=5000 (repeatable).",
+    help="A suite option, e.g. --set five_tuple.connections=5000 (repeatable); without "
+    "the suite's name it goes to every suite that takes it.",
 )
 def suite(
     name: str,
@@ -321,9 +322,16 @@ def suite(
 
     names = expand(name)
     options = _suite_options(settings)
-    unknown = set(options) - {key for n in names for key in suite_options(n)}
-    if unknown:
-        raise UsageError(f"no suite of {', '.join(names)} takes {', '.join(sorted(unknown))}")
+    # `key=v` goes to every suite that takes `key`; `suite.key=v` to that suite only.
+    per_suite: dict[str, dict[str, Any]] = {n: {} for n in names}
+    for key, value in options.items():
+        scope, dot, option = key.rpartition(".")
+        targets = [scope.replace("-", "_")] if dot else names
+        takers = [n for n in targets if n in per_suite and option in suite_options(n)]
+        if not takers:
+            raise UsageError(f"no suite of {', '.join(names)} takes {key}")
+        for taker in takers:
+            per_suite[taker][option] = value
     roles: dict[str, Any] = {"server": server}
     if clients:
         roles["clients"] = [c.strip() for c in clients.split(",") if c.strip()]
@@ -332,9 +340,7 @@ def suite(
     with lab:
         checks = []
         for suite_name in names:
-            accepted = suite_options(suite_name)
-            mine = {k: v for k, v in options.items() if k in accepted}
-            checks += run_suite(suite_name, lab, **roles, **mine)
+            checks += run_suite(suite_name, lab, **roles, **per_suite[suite_name])
     from harness.report import checks_json, print_checks
 
     if json_out:

@@ -11,6 +11,7 @@ all go through the same removal. Constructing a Lab touches nothing; `start()` d
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -38,7 +39,7 @@ from harness.errors import (
     LabNotFound,
 )
 from harness.fabric import Fabric, wire_all
-from harness.topology import Host, Topology, load_topology, parse_topology
+from harness.topology import SYSCTLS, Host, Topology, load_topology, parse_topology
 
 AGENT_CLOSE_TIMEOUT = 1.0
 T = TypeVar("T")
@@ -107,6 +108,22 @@ class LabHost:
         """Run a command inside the host, feeding it `input`, and collect its output."""
         data = input.encode() if isinstance(input, str) else input
         return self._lab._run(self._lab._run_command(self, list(argv), timeout, data))
+
+    def sysctl(self, key: str, value: str | None = None) -> str:
+        """Read a network sysctl inside this host; with `value`, also set it.
+
+        Returns the value before any change. Only the topology's safe set can be set
+        (docs/topology.md); a suite that sets one restores it when done.
+        """
+        if value is not None and key not in SYSCTLS:
+            raise HarnessError(
+                f"{key} is not one of the sysctls netharness sets: {', '.join(SYSCTLS)}"
+            )
+        if self._lab._state != "up":
+            raise HarnessError(f"lab {self._lab.id} is not up")
+        path = self.handle.netns_path
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # setns is per thread
+            return pool.submit(_sysctl_in, path, key, value).result()
 
     def __repr__(self) -> str:
         return f"<LabHost {self.name} {self.addresses}>"
@@ -499,6 +516,19 @@ class Lab:
         if commit:
             self._forkserver.commit()
         self._forkserver.forget()  # without a commit, the server cleans the lab up
+
+
+def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _netns.entered(fd):
+            with open("/proc/sys/" + key.replace(".", "/")) as f:
+                before = " ".join(f.read().split())
+            if value is not None:
+                _netns.write_sysctl(key, value)
+        return before
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

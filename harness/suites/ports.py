@@ -192,10 +192,32 @@ def run(
                     check.error(str(exc))
                     continue
                 check.observe(ok=ok, observed=observed, evidence=evidence)
-        _ephemeral(ctx, rec, ephemeral_host, selected)
+        with _small_range(ctx, ephemeral_host) as host:
+            _ephemeral(ctx, rec, host, selected)
     finally:
         ctx.close()
     return rec.results()
+
+
+# Above Linux's default ephemeral range (32768-60999), so no port-0 socket holds one.
+SUITE_RANGE = "61000 61009"
+
+
+@contextlib.contextmanager
+def _small_range(ctx: _Context, ephemeral_host: str | None) -> Iterator[str | None]:
+    """The host for the ephemeral checks: the one named, or one whose topology gives it a
+    small range, or else a client given a 10-port range for these checks only."""
+    if ephemeral_host is not None:
+        yield ephemeral_host
+        return
+    for host in ctx.lab.hosts:
+        port_range = ctx.info(host).ip_local_port_range
+        if port_range is not None and port_range[1] - port_range[0] + 1 <= MAX_SMALL_RANGE:
+            yield host
+            return
+    host = ctx.roles.clients[0]
+    with _sysctl_for_check(ctx, host, "net.ipv4.ip_local_port_range", SUITE_RANGE):
+        yield host
 
 
 class _Unavailable(HarnessError):
@@ -301,6 +323,10 @@ class _Context:
     def close(self) -> None:
         while self._scopes:
             parallel(lambda agent: agent.close(), self._scopes.pop())
+
+    def forget_info(self, host: str) -> None:
+        """The host's settings changed: read them again next time."""
+        self._info.pop(host, None)
 
     def info(self, host: str) -> AgentInfo:
         """The host's port settings, read by an agent in it (once per host)."""
@@ -717,14 +743,30 @@ def _lowered(ctx: _Context, options: _Options) -> Judgement:
         starts = {h: ctx.info(h).ip_unprivileged_port_start for h in ctx.lab.hosts}
         lowered = [h for h, s in starts.items() if s is not None and s < 1024]
         if not lowered:
-            raise _Unavailable(
-                "needs a host whose net.ipv4.ip_unprivileged_port_start is below 1024, and "
-                f"this lab has none ({_listing(starts)}); add one to the topology, e.g. "
-                "sysctls: {net.ipv4.ip_unprivileged_port_start: 80}"
-            )
+            # No host of the topology lowers it: lower it on a client for this check only.
+            host = ctx.roles.clients[0]
+            with _sysctl_for_check(ctx, host, "net.ipv4.ip_unprivileged_port_start", "80"):
+                ok, observed, evidence = _lowered_on(ctx, host, 80)
+            return ok, observed, {**evidence, "set_by_suite": "ip_unprivileged_port_start 80"}
         host = lowered[0]
         start = starts[host]
     assert start is not None
+    return _lowered_on(ctx, host, start)
+
+
+@contextlib.contextmanager
+def _sysctl_for_check(ctx: _Context, host: str, key: str, value: str) -> Iterator[None]:
+    """Set a sysctl in `host` for one check and put the old value back afterwards."""
+    before = ctx.lab.hosts[host].sysctl(key, value)
+    ctx.forget_info(host)
+    try:
+        yield
+    finally:
+        ctx.lab.hosts[host].sysctl(key, before)
+        ctx.forget_info(host)
+
+
+def _lowered_on(ctx: _Context, host: str, start: int) -> Judgement:
     port = start if start > 0 else 80
     user, info = _unprivileged(ctx, host)
     binds = [ctx.bind(user, proto, "0.0.0.0", port, expected="bound") for proto in ("tcp", "udp")]

@@ -34,7 +34,7 @@ def test_suite_all_on_a_running_lab_leaves_it_running() -> None:
     up = json.loads(netharness("up", LAN, "--json").stdout)
     try:
         result = netharness(
-            "suite", "all", up["id"], "--json", "--set", "connections=300", timeout=600
+            "suite", "all", up["id"], "--json", "--set", "five_tuple.connections=300", timeout=600
         )
         report = json.loads(result.stdout)
         failing = [c for c in report["checks"] if c["verdict"] != "pass"]
@@ -53,9 +53,9 @@ def test_unknown_suites_and_options_are_usage_errors() -> None:
     unknown = netharness("suite", "nosuch", LAN)
     assert unknown.returncode == 2
     assert "unknown suite 'nosuch'" in unknown.stderr
-    option = netharness("suite", "ports", LAN, "--set", "connections=5")
-    assert option.returncode == 2
-    assert "takes connections" in option.stderr
+    option = netharness("suite", "all", LAN, "--set", "ports.processes=5")
+    assert option.returncode == 2  # multiplexing takes `processes`, ports does not
+    assert "takes ports.processes" in option.stderr
 
 
 def test_pytest_collects_each_check_as_an_item(pytester: pytest.Pytester) -> None:
