@@ -83,3 +83,26 @@ def test_ctrl_c_during_a_pytest_run(pytester: pytest.Pytester) -> None:
     assert "KeyboardInterrupt" in out
     elapsed, left = wait_clean(before, within=0.5)
     assert left == [], f"left after {elapsed:.2f} s: {left}"
+
+
+def test_ctrl_c_during_a_suite() -> None:
+    before = snapshot()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "suite", "all", str(ROOT / "topologies" / "lan.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 10
+    while not any(LABS.glob("*/lab.json")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.5)  # bring-up is done by now: the suites are running
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < BOUND
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    elapsed, left = wait_clean(before, within=0.5)
+    assert left == [], f"left {elapsed:.2f} s after Ctrl-C: {left}"
