@@ -416,6 +416,8 @@ class Lab:
             process.kill(signal.SIGKILL)
             raise
         agent = Agent(channel, self._runner, host=host.name, process=process)
+        # Forget agents that have ended, with their event logs (a suite starts thousands).
+        self._agents = [a for a in self._agents if a.process.returncode is None]
         self._agents.append(agent)
         return agent
 
