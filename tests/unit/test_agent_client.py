@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -57,7 +58,8 @@ async def start_over_streams(
     try:
         channel = await AgentChannel.start(proc.stdout, proc.stdin, timeout, label="test agent")
     except BaseException:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already
+            proc.kill()
         await proc.wait()
         raise
     return proc, channel
