@@ -34,7 +34,7 @@ from harness.topology._addresses import (
     sort_key,
     special,
 )
-from harness.topology._paths import Path, format_path
+from harness.topology._paths import Path, format_path, printable
 from harness.topology._raw import (
     HOST_NAME_MAX,
     IFNAME_MAX,
@@ -104,6 +104,7 @@ class Checker:
 
     def problem(self, path: Path, message: str, fix: str, *, at_key: bool = False) -> None:
         line, column = self.doc.key_pos(path) if at_key else self.doc.value_pos(path)
+        message, fix = printable(message), printable(fix)
         self.problems.append(Problem(self.filename, line, column, format_path(path), message, fix))
 
     def run(self) -> Topology | None:
@@ -204,7 +205,7 @@ class Checker:
         example = _EXAMPLE_SUBNET[family]
         if "/" not in text:
             try:
-                ip_address(text)
+                _unscoped_address(text)
             except ValueError:
                 self.problem(path, f"{text!r} is not a subnet", f"write it as CIDR, e.g. {example}")
             else:
@@ -215,7 +216,7 @@ class Checker:
                 )
             return None
         try:
-            subnet = ip_network(text, strict=False)
+            subnet = _unscoped_network(text)
         except ValueError:
             self.problem(path, f"{text!r} is not a subnet", f"write it as CIDR, e.g. {example}")
             return None
@@ -474,7 +475,7 @@ class Checker:
         if "/" not in text:
             fix = "write `default` or a network in CIDR form, e.g. 10.0.2.0/24"
             try:
-                address = ip_address(text)
+                address = _unscoped_address(text)
             except ValueError:
                 self.problem(path, f"{text!r} is not a destination", fix)
             else:
@@ -486,7 +487,7 @@ class Checker:
                 )
             return None
         try:
-            subnet = ip_network(text, strict=False)
+            subnet = _unscoped_network(text)
         except ValueError:
             self.problem(
                 path,
@@ -638,6 +639,20 @@ class Checker:
             services,
             host.raw.nft,
         )
+
+
+def _unscoped_address(text: str) -> Address:
+    """ip_address() refusing a scope (`fe80::1%eth0`): it names a link, not a lab address."""
+    if "%" in text:
+        raise ValueError(text)
+    return ip_address(text)
+
+
+def _unscoped_network(text: str) -> Subnet:
+    """ip_network(strict=False) refusing a scope: `fd00:1::%eth0/64` is no subnet."""
+    if "%" in text:
+        raise ValueError(text)
+    return ip_network(text, strict=False)
 
 
 def _closest(word: str, choices: list[str] | tuple[str, ...], label: str) -> str:

@@ -8,7 +8,7 @@ import os
 from harness.errors import Problem, TopologyError
 from harness.topology._checks import Checker
 from harness.topology._structure import check_structure
-from harness.topology._yaml import compose
+from harness.topology._yaml import compose, line_col
 from harness.topology.model import Topology
 
 
@@ -29,11 +29,10 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
         )
         raise TopologyError([problem]) from None
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")  # a BOM is left to the YAML reader, as for a string
     except UnicodeDecodeError as exc:
-        before = raw[: exc.start]
-        line = before.count(b"\n") + 1
-        column = len(before) - (before.rfind(b"\n") + 1) + 1
+        before = raw[: exc.start].decode("utf-8-sig", "replace")  # columns count characters
+        line, column = line_col(before, len(before))
         problem = Problem(
             filename,
             line,

@@ -13,7 +13,8 @@ def format_path(path: Path) -> str:
     """`("hosts", "h2", "routes", 0, "via")` -> `hosts.h2.routes[0].via`.
 
     Keys that are not plain names (sysctl keys contain dots) are quoted:
-    `hosts.h2.sysctls["net.core.somaxconn"]`.
+    `hosts.h2.sysctls["net.core.somaxconn"]`; characters that do not print (line breaks,
+    controls) are escaped as in Python, so a path stays on its line: `["a\\nb"]`.
     """
     out = ""
     for part in path:
@@ -22,6 +23,23 @@ def format_path(path: Path) -> str:
         elif _PLAIN.fullmatch(part):
             out += f".{part}" if out else part
         else:
-            quoted = part.replace("\\", "\\\\").replace('"', '\\"')
+            quoted = "".join(_escape(c) for c in part)
             out += f'["{quoted}"]'
     return out
+
+
+def printable(text: str) -> str:
+    """`text` with every character that does not print escaped (`\\n`, `\\x1b`, `\\u2028`).
+
+    Messages quote what the file says; escaped, a problem stays on one line and cannot
+    move the cursor of the terminal it is printed on.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _escape(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    return char if char.isprintable() else repr(char)[1:-1]

@@ -8,7 +8,6 @@ what was cut, so that no check reports a follow-on error of something already re
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import types
@@ -20,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from harness.errors import Problem
-from harness.topology._paths import Path, format_path
+from harness.topology._paths import Path, format_path, printable
 from harness.topology._raw import RawTopology
 from harness.topology._yaml import Document
 
@@ -92,7 +91,7 @@ def _cut(loc: Path, kind: str) -> Path:
 
 
 def _prune(data: dict[str, Any], cuts: set[Path], damage: Damage) -> dict[str, Any]:
-    pruned = copy.deepcopy(data)
+    pruned: dict[str, Any] = _copy(data)
     dropped: dict[Path, set[int]] = {}
     for cut in cuts:
         _taint(cut, damage)
@@ -121,6 +120,19 @@ def _prune(data: dict[str, Any], cuts: set[Path], damage: Damage) -> dict[str, A
     return pruned
 
 
+def _copy(value: Any) -> Any:
+    """A copy of YAML data, whose mappings and lists are never shared (see `_yaml`).
+
+    Not copy.deepcopy: it calls id() on every value, an audit event each, and an alias
+    bomb cut short still has tens of thousands of values.
+    """
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
 def _taint(cut: Path, damage: Damage) -> None:
     """Record what a cut makes unknown, so no check reports a follow-on error."""
     if cut == ("name",):
@@ -147,7 +159,7 @@ def _problem(error: ErrorDetails, loc: Path, doc: Document, filename: str) -> Pr
     else:
         line, column = doc.value_pos(loc)
         message, fix = _wrong_value(error, loc, value)
-    return Problem(filename, line, column, format_path(loc), message, fix)
+    return Problem(filename, line, column, format_path(loc), printable(message), printable(fix))
 
 
 def _unknown_key(loc: Path) -> tuple[str, str]:

@@ -103,7 +103,10 @@ def _to_int(value: str | int) -> int | None:
     text = value.strip()
     if not text.isdigit() or not text.isascii():
         return None
-    return int(text)
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts (4300)
+        return None
 
 
 SYSCTLS: Mapping[str, Sysctl] = {

@@ -18,16 +18,44 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
+from ruamel.yaml.scanner import RoundTripScanner
 
 from harness.errors import Problem
-from harness.topology._paths import Path, format_path
+from harness.topology._paths import Path, format_path, printable
 
 _T = "tag:yaml.org,2002:"
-_MAX_NODES = 200_000  # aliases can expand exponentially ("billion laughs"); stop early
+_MAX_ALIASED = 50_000  # values built again through aliases: they can expand exponentially
 _MAX_DEPTH = 20  # a topology is 6 levels deep; far deeper nesting is a mistake or an attack
+_MAX_MERGES = 10  # `<<:` merges inside merged mappings: each level repeats the work below
+_MAX_NESTING = 100  # what the parser reads at all: each level makes ruamel slower and deeper
+_BREAK = re.compile("\r\n|[\r\n]")  # YAML 1.2 line breaks (NEL, LS and PS are not)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_KEY_TAGS = {_T + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
 _YAML_DIRECTIVE = re.compile(r"^%YAML[ \t]+(\S+)", re.MULTILINE)
 
 Pos = tuple[int, int]  # 1-based line, column
+
+
+class _TooDeep(YAMLError):
+    """The text nests collections deeper than `_MAX_NESTING`; `mark` is where."""
+
+    def __init__(self, mark: Any) -> None:
+        super().__init__("nested too deeply")
+        self.mark = mark
+
+
+class _Scanner(RoundTripScanner):
+    """ruamel's scanner, stopping at `_MAX_NESTING` levels of nesting.
+
+    Every open flow collection makes each later token slower to scan (seconds for a few
+    thousand `[`), and the composer recurses once per level: stop before either hurts.
+    """
+
+    def fetch_more_tokens(self) -> Any:
+        result = super().fetch_more_tokens()
+        if self.flow_level + len(self.indents) > _MAX_NESTING:
+            raise _TooDeep(self.reader.get_mark())
+        return result
 
 
 @dataclass
@@ -65,7 +93,7 @@ def compose(text: str, filename: str) -> tuple[Document | None, list[Problem]]:
                     line,
                     1,
                     "",
-                    f"%YAML {match.group(1)} directive: topologies are read as YAML 1.2",
+                    printable(f"%YAML {match.group(1)} directive: topologies are read as YAML 1.2"),
                     "remove the %YAML line",
                 )
             )
@@ -76,11 +104,17 @@ def compose(text: str, filename: str) -> tuple[Document | None, list[Problem]]:
             # YAML allows an anchor to be defined again (aliases use the latest); ruamel
             # warns about it, and a warning must not escape a pure parse.
             warnings.simplefilter("ignore", ReusedAnchorWarning)
-            node = YAML(typ="rt").compose(text)
+            yaml = YAML(typ="rt")
+            yaml.Scanner = _Scanner
+            node = yaml.compose(text)
+    except _TooDeep as exc:
+        line, column = exc.mark.line + 1, exc.mark.column + 1
+        message = "the document is nested far too deeply"
+        return None, [Problem(filename, line, column, "", message, "remove the nesting")]
     except MarkedYAMLError as exc:
         return None, [_syntax_problem(exc, filename)]
     except ReaderError as exc:
-        line, column = _line_col(text, exc.position)
+        line, column = line_col(text, exc.position)
         message = f"character {exc.character!r} is not allowed in YAML ({exc.reason})"
         return None, [Problem(filename, line, column, "", message, "remove the character")]
     except RecursionError:
@@ -123,9 +157,8 @@ def _syntax_problem(exc: MarkedYAMLError, filename: str) -> Problem:
         if exc.context_mark is not None and exc.context_mark is not mark:
             context += f" that starts at {exc.context_mark.line + 1}:{exc.context_mark.column + 1}"
         context += ")"
-    return Problem(
-        filename, line, column, "", f"not valid YAML: {problem}{context}", _hint(problem)
-    )
+    message = printable(f"not valid YAML: {problem}{context}")
+    return Problem(filename, line, column, "", message, _hint(problem))
 
 
 def _hint(problem: str) -> str:
@@ -138,10 +171,12 @@ def _hint(problem: str) -> str:
     return "fix the YAML syntax at this position"
 
 
-def _line_col(text: str, index: int) -> Pos:
-    line = text.count("\n", 0, index) + 1
-    column = index - (text.rfind("\n", 0, index) + 1) + 1
-    return line, column
+def line_col(text: str, index: int) -> Pos:
+    """The 1-based line and column of `text[index]`, counting lines as YAML does."""
+    line, start = 1, 0
+    for match in _BREAK.finditer(text, 0, index):
+        line, start = line + 1, match.end()
+    return line, index - start + 1
 
 
 def _pos(node: Node) -> Pos:
@@ -154,35 +189,30 @@ class _Builder:
         self.keys: dict[Path, Pos] = {}
         self.values: dict[Path, Pos] = {}
         self.problems: list[Problem] = []
-        self._count = 0
-        self._active: set[int] = set()  # nodes being built right now, to catch recursion
+        self._reported: set[Problem] = set()
+        # Nodes hash by identity. (Not id(): every call of id() is an audit event.)
+        self._built: set[Node] = set()  # nodes built once: building one again is an alias
+        self._aliased = 0  # values built again through aliases
+        self._active: set[Node] = set()  # nodes being built right now, to catch recursion
+        self._merges = 0  # `<<:` merges being built right now, one inside the other
         self._too_big = False
 
     def problem(self, pos: Pos, path: Path, message: str, fix: str) -> None:
-        self.problems.append(Problem(self.filename, *pos, format_path(path), message, fix))
+        message, fix = printable(message), printable(fix)
+        problem = Problem(self.filename, *pos, format_path(path), message, fix)
+        if problem not in self._reported:  # a node reached again through aliases
+            self._reported.add(problem)
+            self.problems.append(problem)
 
     def build(self, node: Node, path: Path) -> Any:
         self.values.setdefault(path, _pos(node))
-        self._count += 1
-        if self._count > _MAX_NODES:
-            if not self._too_big:
-                self._too_big = True
-                self.problem(
-                    _pos(node),
-                    path,
-                    f"the document expands to more than {_MAX_NODES} values through aliases",
-                    "use fewer aliases (*name)",
-                )
-            return None
         if len(path) > _MAX_DEPTH:
             self.problem(
                 _pos(node), path[:_MAX_DEPTH], "values are nested too deeply", "remove the nesting"
             )
             return None
-        if id(node) in self._active:
-            self.problem(_pos(node), path, "an alias refers to itself", "remove the recursion")
+        if not self._enter(node, path):
             return None
-        self._active.add(id(node))
         try:
             if isinstance(node, MappingNode):
                 return self._mapping(node, path)
@@ -192,7 +222,28 @@ class _Builder:
                 return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
             return self._scalar(node, path)
         finally:
-            self._active.discard(id(node))
+            self._active.discard(node)
+
+    def _enter(self, node: Node, path: Path) -> bool:
+        """Start building `node`; False, with a problem, for an alias bomb or recursion."""
+        if node in self._built:
+            self._aliased += 1
+            if self._aliased > _MAX_ALIASED:
+                if not self._too_big:
+                    self._too_big = True
+                    self.problem(
+                        _pos(node),
+                        path,
+                        f"the document expands to more than {_MAX_ALIASED} values through aliases",
+                        "use fewer aliases (*name)",
+                    )
+                return False
+        self._built.add(node)
+        if node in self._active:
+            self.problem(_pos(node), path, "an alias refers to itself", "remove the recursion")
+            return False
+        self._active.add(node)
+        return True
 
     def _mapping(self, node: MappingNode, path: Path) -> dict[str, Any]:
         if node.tag != _T + "map":
@@ -212,7 +263,9 @@ class _Builder:
                     "write the key as a name",
                 )
                 continue
-            key = str(key_node.value)
+            key = self._text(key_node, path, key=True)
+            if key_node.tag not in _KEY_TAGS:
+                self._bad_tag(key_node, (*path, key))
             if key in result and key not in merged:
                 self.problem(
                     _pos(key_node),
@@ -241,22 +294,53 @@ class _Builder:
                     "point it at a mapping anchor (*name)",
                 )
                 continue
+            if self._merges >= _MAX_MERGES:
+                self.problem(
+                    _pos(source),
+                    path,
+                    "merges (`<<:`) are nested too deeply",
+                    "merge mappings that do not themselves merge so many others",
+                )
+                continue
+            if not self._enter(source, path):
+                continue
             outer = self.keys, self.values
             self.keys, self.values = {}, {}
-            built = self._mapping(source, path)
-            inner, self.keys, self.values = (self.keys, self.values), *outer
-            for key, item in built.items():
-                if key in result:
-                    continue  # keys written in the mapping itself win over merged ones
-                result[key] = item
+            self._merges += 1
+            try:
+                built = self._mapping(source, path)
+            finally:
+                self._merges -= 1
+                self._active.discard(source)
+                inner, self.keys, self.values = (self.keys, self.values), *outer
+            added = {key for key in built if key not in result}
+            for key in added:  # keys written in the mapping itself win over merged ones
+                result[key] = built[key]
                 merged.add(key)
-                for positions, found in zip((self.keys, self.values), inner, strict=True):
-                    for where, pos in found.items():
-                        if where[: len(path) + 1] == (*path, key):
-                            positions[where] = pos
+            depth = len(path)
+            for positions, found in zip((self.keys, self.values), inner, strict=True):
+                for where, pos in found.items():
+                    if len(where) > depth and where[depth] in added:
+                        positions[where] = pos
+
+    def _text(self, node: Node, path: Path, *, key: bool = False) -> str:
+        """The text of a scalar or key; an escaped surrogate (`"\\ud800"`) is no character."""
+        text = str(node.value)
+        if _SURROGATE.search(text):
+            try:  # a pair of escapes (JSON writes emoji so) is the character it encodes
+                text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+            except UnicodeDecodeError:
+                written, text = text, _SURROGATE.sub("\ufffd", text)
+                self.problem(
+                    _pos(node),
+                    (*path, text) if key else path,
+                    f"{written!r} has an escape of half a UTF-16 pair, which is no character",
+                    "write the character itself, or its \\UXXXXXXXX escape",
+                )
+        return text
 
     def _scalar(self, node: Node, path: Path) -> Any:
-        text = str(node.value)
+        text = self._text(node, path)
         tag = node.tag
         if tag == _T + "str" or tag == _T + "timestamp":
             return text
@@ -290,9 +374,11 @@ def _to_int(text: str) -> int | str:
     digits = digits.lstrip("+-")
     base = {"0x": 16, "0o": 8, "0b": 2}.get(digits[:2].lower(), 10)
     try:
-        return sign * int(digits[2:] if base != 10 else digits, base)
+        number = sign * int(digits[2:] if base != 10 else digits, base)
+        str(number)  # Python cannot print ints of more than 4300 digits: keep those as text
     except ValueError:
         return text
+    return number
 
 
 def _to_float(text: str) -> float | str:
