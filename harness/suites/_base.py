@@ -119,6 +119,12 @@ class Observation:
             self.evidence = {**self.evidence, "traceback": detail}
 
 
+def all_errors(suite: str, expected: Mapping[str, str], reason: str) -> list[Check]:
+    """Every check of a suite (names and expectations in order) as an error with `reason`:
+    what a suite returns when it could not gather any evidence."""
+    return [Check(suite, name, "error", text, reason) for name, text in expected.items()]
+
+
 @dataclass(frozen=True)
 class Roles:
     """Which hosts play which part: one server, and the clients that talk to it."""

@@ -47,7 +47,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness import diag
 from harness.errors import AgentError, HarnessError
-from harness.suites._base import Check, Observation, Recorder, pick_roles, target_address
+from harness.suites._base import (
+    Check,
+    Observation,
+    Recorder,
+    all_errors,
+    pick_roles,
+    target_address,
+)
 
 if TYPE_CHECKING:
     from harness.agent import Agent
@@ -285,11 +292,7 @@ def run(
 
 def not_run(reason: str) -> list[Check]:
     """Every check as an error with `reason` (the suite could not gather its evidence)."""
-    rec = Recorder(NAME, CHECKS)
-    for name in CHECKS:
-        with rec.check(name, expected=EXPECTED[name]) as check:
-            check.error(reason)
-    return rec.results()
+    return all_errors(NAME, EXPECTED, reason)
 
 
 def translation_expected(lab: Lab) -> bool:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from harness.errors import HarnessError, UsageError
-from harness.suites._base import Check, Recorder, pick_roles, target_address
+from harness.suites._base import Check, Recorder, all_errors, pick_roles, target_address
 
 if TYPE_CHECKING:
     from harness.agent import Agent
@@ -190,11 +190,7 @@ def run(
 
 def not_run(reason: str) -> list[Check]:
     """Every check as an error with `reason` (the suite could not gather its evidence)."""
-    rec = Recorder(NAME, CHECKS)
-    for name in CHECKS:
-        with rec.check(name, expected=EXPECTED[name]) as check:
-            check.error(reason)
-    return rec.results()
+    return all_errors(NAME, EXPECTED, reason)
 
 
 def gather(

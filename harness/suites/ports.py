@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import AgentError, HarnessError, UsageError
-from harness.suites._base import Check, Recorder, Roles, pick_roles, target_address
+from harness.suites._base import Check, Recorder, Roles, all_errors, pick_roles, target_address
 from harness.suites.multiplexing import exchange, parallel, show
 
 if TYPE_CHECKING:
@@ -174,10 +174,7 @@ def run(
                 raise HarnessError(f"no host {name!r} in lab {lab.id}")
         ctx = _Context(lab, roles, user)
     except HarnessError as exc:
-        for name in CHECKS:
-            with rec.check(name, expected=EXPECTED[name]) as check:
-                check.error(f"could not run: {exc}")
-        return rec.results()
+        return all_errors(NAME, EXPECTED, f"could not run: {exc}")
     options = _Options(connections, privileged_host, privileged_port, lowered_host)
     try:
         for name, judge in _JUDGES:
