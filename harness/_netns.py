@@ -118,6 +118,12 @@ def entered(fd: int) -> Iterator[None]:
         os.close(home)
 
 
+def read_sysctl(key: str) -> str:
+    """Read a net.* sysctl of the namespace the calling thread is in, whitespace-normalised."""
+    with open("/proc/sys/" + key.replace(".", "/")) as f:
+        return " ".join(f.read().split())
+
+
 def write_sysctl(key: str, value: str) -> None:
     """Write a net.* sysctl of the namespace the calling thread is in."""
     with open("/proc/sys/" + key.replace(".", "/"), "w") as f:

@@ -621,6 +621,11 @@ class Agent:
             budget += float(args["timeout"])
         return self._run(self._request(op, args, budget))
 
+    def request_within(self, op: str, seconds: float, /, **args: Any) -> dict[str, Any]:
+        """`request` for an op whose run time is not its `timeout` (a long probe sweep):
+        the reply may take `seconds` plus the usual margin."""
+        return self._run(self._request(op, args, self._reply_margin + seconds))
+
     async def _request(self, op: str, args: dict[str, Any], budget: float) -> dict[str, Any]:
         try:
             return await asyncio.wait_for(self._channel.request(op, **args), budget)

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness import ledger as _ledger
+from harness.cli_ssh import backend_options, host_key_options
 from harness.errors import HarnessError, LabNotFound, TopologyError, UsageError
 
 if TYPE_CHECKING:
@@ -31,6 +32,12 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 json_option = click.option("--json", "json_out", is_flag=True, help="Print JSON for scripts.")
 topology_argument = click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
 lab_argument = click.argument("lab")
+progress_option = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress of bring-up and teardown (default: for labs of 20 hosts or more); "
+    "a bar on a terminal, plain lines otherwise.",
+)
 
 
 @click.group(
@@ -70,13 +77,51 @@ def validate(files: tuple[Path, ...]) -> None:
 @app.command()
 @topology_argument
 @json_option
-@click.option("--backend", default=None, help="Backend for every host (default: netns).")
-def up(topology: Path, json_out: bool, backend: str | None) -> None:
+@click.option(
+    "--backend", default=None, help="Backend for every host (default: each host's own, netns)."
+)
+@click.option("--build", is_flag=True, help="Build the docker host image first if needed.")
+@progress_option
+@click.option("--capture", is_flag=True, help="Record every network to a pcap.")
+@click.option(
+    "--capture-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where pcaps go (default: the lab's ledger directory, removed with the lab).",
+)
+def up(
+    topology: Path,
+    json_out: bool,
+    backend: str | None,
+    build: bool,
+    progress: bool | None,
+    capture: bool,
+    capture_dir: Path | None,
+) -> None:
     """Bring a lab up and leave it running; prints its id and hosts."""
     from harness.lab import Lab
+    from harness.progress import shown
     from harness.topology import load_topology
 
-    lab = Lab.up(load_topology(topology), backend=backend)
+    loaded = load_topology(topology)
+    remote = [h.name for h in loaded.hosts.values() if h.backend == "ssh"]
+    if remote:  # driven over this process's ssh connections: nothing could keep them
+        raise UsageError(
+            f"{topology}: hosts {', '.join(remote)} are ssh hosts, and a lab with ssh hosts "
+            "lives only as long as its command; use `netharness suite` or `check` on the file"
+        )
+    if build:
+        from harness.cli_image import build_image
+
+        build_image()
+    with shown(len(loaded.hosts), progress) as callback:
+        lab = Lab.up(
+            loaded,
+            backend=backend,
+            progress=callback,
+            capture=capture,
+            capture_dir=capture_dir.resolve() if capture_dir else None,
+        )
     try:
         # The lab outlives us only once the user has its id: announce, then commit.
         lab.detach(announce=lambda owner: _announce_up(lab, owner, json_out))
@@ -97,6 +142,7 @@ def _announce_up(lab: Lab, owner: int, json_out: bool) -> None:
                 "owner_pid": owner,
                 "hosts": {n: h["addresses"] for n, h in hosts.items()},
                 "netns": {n: h["netns"] for n, h in hosts.items()},
+                "captures": {k: str(v) for k, v in lab.captures.items()},
             }
         )
         sys.stdout.flush()
@@ -112,6 +158,8 @@ def _announce_up(lab: Lab, owner: int, json_out: bool) -> None:
     if len(hosts) > SHOWN_HOSTS:
         table.add_row(f"… {len(hosts) - SHOWN_HOSTS} more", "", "(netharness up --json)")
     out.print(table)
+    for label, path in lab.captures.items():
+        out.print(f"capturing {label} to {path}")
     out.print(
         f"enter a host: netharness shell {lab.id} <host>   tear down: netharness down {lab.id}"
     )
@@ -167,7 +215,8 @@ def _age(seconds: float) -> str:
 @click.option(
     "--timeout", default=15.0, show_default=True, help="Seconds to wait for the teardown."
 )
-def down(lab: str, timeout: float) -> None:
+@progress_option
+def down(lab: str, timeout: float, progress: bool | None) -> None:
     """Tear a lab down. Idempotent: a lab already gone is not an error."""
     try:
         record = _ledger.find_lab(lab)
@@ -188,9 +237,19 @@ def down(lab: str, timeout: float) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    if not _ledger.wait_gone(record.dir, timeout):
+    if not _wait_down(record, timeout, progress):
         raise HarnessError(f"lab {lab} did not go down within {timeout} s; try `netharness clean`")
     out.print(f"lab {lab} is down")
+
+
+def _wait_down(record: _ledger.LabRecord, timeout: float, progress: bool | None) -> bool:
+    from harness import progress as _progress
+
+    with _progress.shown(len(record.info.get("hosts", {})), progress) as callback:
+        if callback is None:
+            return _ledger.wait_gone(record.dir, timeout)
+        namespaces = [e["name"] for e in record.entries() if e.get("kind") == "netns"]
+        return _progress.watch_removal(record.id, namespaces, record.dir, timeout, callback)
 
 
 @app.command()
@@ -229,12 +288,22 @@ def clean(lab: str | None, dry_run: bool, quiet: bool) -> None:
         say("nothing to clean")
 
 
-def _host_netns(lab: str, host: str) -> str:
+def _host_info(lab: str, host: str) -> dict[str, Any]:
     record = _ledger.find_lab(lab)
     hosts = record.info.get("hosts", {})
     if host not in hosts:
         raise UsageError(f"lab {lab} has no host {host!r} (hosts: {', '.join(sorted(hosts))})")
-    return str(Path("/run/netns") / hosts[host]["netns"])
+    return dict(hosts[host])
+
+
+def _run_in_host(lab: str, host: str, argv: list[str], env: dict[str, str]) -> int:
+    info = _host_info(lab, host)
+    if info.get("backend") == "docker":  # inside the container, with the image's programs
+        from harness.backends.docker import run_attached
+
+        own = {k: v for k, v in env.items() if k.startswith("NETHARNESS_") or k == "PS1"}
+        return run_attached(info["details"]["container"], argv, own)
+    return _run_in(str(Path("/run/netns") / info["netns"]), argv, env)
 
 
 def _run_in(netns_path: str, argv: list[str], env: dict[str, str]) -> int:
@@ -265,7 +334,7 @@ def _run_in(netns_path: str, argv: list[str], env: dict[str, str]) -> int:
 def exec_(lab: str, host: str, command: tuple[str, ...]) -> None:
     """Run a command inside a host; its exit code is passed through."""
     env = dict(os.environ, NETHARNESS_LAB=lab, NETHARNESS_HOST=host)
-    code = _run_in(_host_netns(lab, host), list(command), env)
+    code = _run_in_host(lab, host, list(command), env)
     raise SystemExit(128 - code if code < 0 else code)
 
 
@@ -274,11 +343,11 @@ def exec_(lab: str, host: str, command: tuple[str, ...]) -> None:
 @click.argument("host")
 def shell(lab: str, host: str) -> None:
     """An interactive shell inside a host."""
-    path = _host_netns(lab, host)
-    shell_path = os.environ.get("SHELL", "/bin/bash")
+    docker = _host_info(lab, host).get("backend") == "docker"
+    shell_path = "/bin/sh" if docker else os.environ.get("SHELL", "/bin/bash")
     env = dict(os.environ, NETHARNESS_LAB=lab, NETHARNESS_HOST=host, PS1=f"[{lab}:{host}] \\w\\$ ")
     err.print(f"shell in host {host} of lab {lab} (exit to leave)")
-    code = _run_in(path, [shell_path], env)
+    code = _run_in_host(lab, host, [shell_path, "-i"] if docker else [shell_path], env)
     raise SystemExit(128 - code if code < 0 else code)
 
 
@@ -306,6 +375,8 @@ def _suite_options(settings: tuple[str, ...]) -> dict[str, Any]:
     help="A suite option, e.g. --set five_tuple.connections=5000 (repeatable); without "
     "the suite's name it goes to every suite that takes it.",
 )
+@progress_option
+@host_key_options
 def suite(
     name: str,
     target: str,
@@ -313,10 +384,12 @@ def suite(
     server: str | None,
     clients: str | None,
     settings: tuple[str, ...],
+    progress: bool | None,
 ) -> None:
     """Run a suite (multiplexing, five_tuple, ports or all) on a topology file (brought
     up and torn down) or on a running lab (by id). Exit 1 if a check does not pass."""
     from harness.lab import Lab
+    from harness.progress import Phase, shown
     from harness.suites import expand, run_suite, suite_options
     from harness.topology import load_topology
 
@@ -336,11 +409,20 @@ def suite(
     if clients:
         roles["clients"] = [c.strip() for c in clients.split(",") if c.strip()]
     is_file = Path(target).suffix in (".yaml", ".yml") or Path(target).is_file()
-    lab = Lab.up(load_topology(Path(target))) if is_file else Lab.attach(target)
-    with lab:
-        checks = []
-        for suite_name in names:
-            checks += run_suite(suite_name, lab, **roles, **per_suite[suite_name])
+    spec = load_topology(Path(target)) if is_file else None
+    # A lab given by id shows progress only when asked (--progress): its size is unknown.
+    with shown(len(spec.hosts) if spec else 0, progress) as callback:
+        lab = (
+            Lab.up(spec, progress=callback, backend_options=backend_options())
+            if spec
+            else Lab.attach(target)
+        )
+        with lab:
+            checks = []
+            ran = Phase(callback, lab.id, "suites", len(names))
+            for suite_name in names:
+                checks += run_suite(suite_name, lab, **roles, **per_suite[suite_name])
+                ran.step()
     from harness.report import checks_json, print_checks
 
     if json_out:
@@ -357,6 +439,25 @@ def schema() -> None:
     from harness.topology import topology_schema
 
     _print_json(topology_schema())
+
+
+def _register_commands() -> None:
+    # Commands whose bodies live in their own modules, imported when they run.
+    from harness.cli_capture import capture
+    from harness.cli_diagnose import diagnose
+    from harness.cli_graph import graph
+    from harness.cli_image import image
+    from harness.cli_probe import COMMANDS as PROBE_COMMANDS
+
+    app.add_command(graph)
+    app.add_command(capture)
+    app.add_command(diagnose)
+    app.add_command(image)
+    for command in PROBE_COMMANDS:
+        app.add_command(command)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,9 @@ which must not share a thread with the lab's loop. Nothing here parses `ss` outp
 States are the kernel's TCP state names (`ESTABLISHED`, `SYN_SENT`, `TIME_WAIT`,
 `LISTEN`, ...). UDP sockets use the same numbers: a connected UDP socket is
 `ESTABLISHED`, an unconnected one `UNCONN` (as `ss` prints it; the kernel says CLOSE).
+
+A host with no namespace on this machine (ssh: an existing machine) is asked through its
+agent instead: the agent's `sock_diag` op makes the same netlink request there.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ def sockets(
     `states` (names from STATES, or `UNCONN` for UDP) asks the kernel to report only
     sockets in those states; the default is all of them.
     """
+    if not host.handle.netns_path:
+        return _through_agent(host, proto, family, states)
     return sockets_in(host.handle.netns_path, proto, family, states=states, label=host.name)
 
 
@@ -114,6 +119,31 @@ def sockets_in(
             host=label,
             code=exc.errno,
         ) from exc
+
+
+def _through_agent(
+    host: LabHost, proto: Proto, family: int, states: Collection[str] | None
+) -> list[KernelSocket]:
+    if family not in _FAMILIES:
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
+    mask = _state_mask(proto, states)
+    reply = host.host_agent.request("sock_diag", proto=proto, family=family, states=mask)
+    return [
+        _kernel_socket(
+            proto,
+            family,
+            {
+                "idiag_state": state,
+                "idiag_src": src,
+                "idiag_sport": sport,
+                "idiag_dst": dst,
+                "idiag_dport": dport,
+                "idiag_inode": inode,
+                "idiag_uid": uid,
+            },
+        )
+        for state, src, sport, dst, dport, inode, uid in reply["sockets"]
+    ]
 
 
 def _state_mask(proto: str, states: Collection[str] | None) -> int:

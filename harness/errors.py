@@ -4,6 +4,7 @@
     ├── TopologyError            bad input: carries every problem found (file:line:col)
     ├── EnvironmentProblem       the machine cannot run a lab (not root, missing tool, ...)
     ├── BackendError             a backend or netlink operation failed (host, errno)
+    │   └── HostKeyRefused       an ssh host's key is unknown or changed (before auth)
     ├── AgentError               the host agent replied with an error (errno name)
     │   └── AgentGone            the agent process exited or its pipe closed
     ├── LabNotFound              no running lab with that id
@@ -74,6 +75,13 @@ class BackendError(HarnessError):
         if code:
             parts.append(f" ({_errno.errorcode.get(code, str(code))}: {_strerror(code)})")
         super().__init__("".join(parts))
+
+
+class HostKeyRefused(BackendError):
+    """An ssh host offered a key known_hosts does not have (or a different one); nothing
+    was sent to it. An environment problem: the user decides whom to trust."""
+
+    exit_code = 3
 
 
 class AgentError(HarnessError):

@@ -14,31 +14,34 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from harness import _netns
+from harness import capture as _capture
+from harness import firewall as _firewall
 from harness import ledger as _ledger
+from harness import progress as _progress
 from harness._loop import LoopThread
+from harness._pipes import communicate
 from harness.agent import Agent, AgentChannel
-from harness.backends import create_backend
+from harness.backends import check_backend_name, create_backend
 from harness.backends._forkserver import ForkServerClient
-from harness.backends.base import AGENT, Backend, HostHandle, Stdio
+from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.errors import (
     AgentError,
-    BackendError,
     EnvironmentProblem,
     HarnessError,
     LabNotFound,
 )
 from harness.fabric import Fabric, wire_all
+from harness.faults import Fault, Faults, Link
 from harness.topology import SYSCTLS, Host, Topology, load_topology, parse_topology
 
 AGENT_CLOSE_TIMEOUT = 1.0
@@ -69,8 +72,9 @@ class LabHost:
 
     @property
     def netns(self) -> str:
-        """The namespace name, usable with `ip netns exec`."""
-        return os.path.basename(self.handle.netns_path)
+        """The namespace name, usable with `ip netns exec`; for hosts that have no name
+        there (containers), the path of their namespace, usable with `nsenter --net=`."""
+        return self.handle.details.get("netns", self.handle.netns_path)
 
     def address(self, network: str | None = None, family: int = 4) -> str:
         """This host's address on `network` (its first network if omitted)."""
@@ -94,6 +98,11 @@ class LabHost:
             i.network: [str(a.ip) for a in (i.address, i.address6) if a is not None]
             for i in self.spec.interfaces
         }
+
+    @property
+    def host_agent(self) -> Agent:
+        """The agent started with the host at bring-up; it holds the topology's services."""
+        return self._lab._host_agents[self.name]
 
     def agent(self, user: str | None = None) -> Agent:
         """Start a new agent process in this host: a new application with its own pid.
@@ -122,8 +131,27 @@ class LabHost:
         if self._lab._state != "up":
             raise HarnessError(f"lab {self._lab.id} is not up")
         path = self.handle.netns_path
+        if not path:  # an existing machine (ssh): read it there, never change it
+            if value is not None:
+                raise HarnessError(
+                    f"host {self.name} is an existing machine reached over {self.handle.backend}"
+                    f": netharness does not change its sysctls ({key})"
+                )
+            result = self.run(["cat", "/proc/sys/" + key.replace(".", "/")])
+            if result.returncode != 0:
+                raise HarnessError(f"host {self.name}: cannot read {key}: {result.stderr}")
+            return " ".join(result.stdout.split())
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # setns is per thread
             return pool.submit(_sysctl_in, path, key, value).result()
+
+    def kill_agents(self) -> int:
+        """SIGKILL every agent in this host (a crash); returns how many. See restart()."""
+        return self._lab.faults.kill_agents(self.name)
+
+    def restart(self) -> None:
+        """Start the host's applications over: its agent and topology services come back,
+        addresses and routes stay."""
+        self._lab.faults.restart(self.name)
 
     def __repr__(self) -> str:
         return f"<LabHost {self.name} {self.addresses}>"
@@ -133,16 +161,27 @@ class Lab:
     """One running instance of a topology. Use `Lab.up(...)` as a context manager."""
 
     def __init__(
-        self, topology: Topology, *, lab_id: str | None = None, backend: str | None = None
+        self,
+        topology: Topology,
+        *,
+        lab_id: str | None = None,
+        backend: str | None = None,
+        capture: bool = False,
+        capture_dir: str | os.PathLike[str] | None = None,
+        backend_options: Mapping[str, Any] | None = None,
+        progress: _progress.Callback | None = None,
     ) -> None:
         self.topology = topology
         self.id = lab_id or _ledger.new_lab_id()
-        self.backend_name = backend
+        self.backend_name = backend  # overrides every host's own `backend:` when set
+        # Extra keyword arguments for the backends' factories, e.g. the ssh backend's
+        # `ssh_options` (harness.backends.ssh.SshOptions); each takes what it knows.
+        self.backend_options = dict(backend_options or {})
         self.hosts: Mapping[str, LabHost] = MappingProxyType({})
         self._ledger = _ledger.Ledger(self.id)
         self._runner = LoopThread(f"netharness-{self.id}")
         self._forkserver: ForkServerClient | None = None
-        self._backend: Backend | None = None
+        self._backends: dict[str, Backend] = {}  # one instance per backend name in use
         self._fabric: Fabric | None = None
         self._agents: list[Agent] = []
         self._lifecycle: asyncio.Lock | None = None
@@ -150,9 +189,21 @@ class Lab:
         self._created = 0.0
         self._host_agents: dict[str, Agent] = {}
         self._attached: _ledger.LabRecord | None = None  # set when joined, not owned
+        self._progress = _progress.guarded(progress) if progress is not None else None
         self.timings: dict[str, float] = {}
+        self._capture_all = capture  # every network, besides what the topology asks
+        self._capture_dir = Path(capture_dir) if capture_dir is not None else None
+        self._captures: list[_capture.Capture] = []
+        self.faults = Faults(self)  # lab.link(...), partition, heal: harness/faults.py
 
     # -- lifecycle -------------------------------------------------------------------
+
+    def host_backend(self, spec: Host) -> str:
+        """The backend a host of this lab is made with: `--backend`, else its own. An ssh
+        host is an existing machine: no override makes it anything else."""
+        if spec.backend == "ssh":
+            return spec.backend
+        return self.backend_name or spec.backend
 
     @classmethod
     def up(
@@ -161,11 +212,29 @@ class Lab:
         *,
         backend: str | None = None,
         lab_id: str | None = None,
+        capture: bool = False,
+        capture_dir: str | os.PathLike[str] | None = None,
+        backend_options: Mapping[str, Any] | None = None,
+        progress: _progress.Callback | None = None,
     ) -> Lab:
-        """Validate, build and start a lab; on any failure nothing is left behind."""
+        """Validate, build and start a lab; on any failure nothing is left behind.
+
+        `capture` records every network to a pcap (besides the topology's `capture:`);
+        pcaps go to `capture_dir`, by default the lab's ledger (gone with the lab).
+        `progress` is called with a `harness.progress.Event` per step of bring-up and
+        teardown (from the lab's own thread; keep it quick).
+        """
         if not isinstance(topology, Topology):
             topology = load_topology(topology)
-        lab = cls(topology, lab_id=lab_id, backend=backend)
+        lab = cls(
+            topology,
+            lab_id=lab_id,
+            backend=backend,
+            capture=capture,
+            capture_dir=capture_dir,
+            backend_options=backend_options,
+            progress=progress,
+        )
         lab.start()
         return lab
 
@@ -202,6 +271,8 @@ class Lab:
     def start(self) -> None:
         if self._state != "new":
             raise HarnessError(f"lab {self.id} was already started")
+        if self.backend_name is not None:
+            check_backend_name(self.backend_name)
         _check_environment()
         self._state = "starting"
         self._runner.start()
@@ -217,7 +288,10 @@ class Lab:
         if self._state in ("down", "detached", "new"):
             return
         try:
-            self._runner.run(self._tear_down())
+            try:
+                self._release_faults()
+            finally:
+                self._runner.run(self._tear_down())
         finally:
             self._ledger.release()
             self._runner.stop()
@@ -233,6 +307,12 @@ class Lab:
         """
         if self._state != "up":
             raise HarnessError(f"lab {self.id} is not up")
+        remote = [n for n, h in self.hosts.items() if not _netns_backed(h.handle.backend)]
+        if remote:
+            raise HarnessError(
+                f"hosts {', '.join(remote)} are driven over ssh by this process, so the lab "
+                "cannot outlive it; run `netharness suite`/`check` on the topology instead"
+            )
         committed = False
         try:
             pid = self._runner.run(self._detach())
@@ -246,6 +326,39 @@ class Lab:
             self._state = "detached"
         return pid
 
+    def host_agent(self, host: str) -> Agent:
+        """The agent a host got at bring-up (it holds the services; probes use it). A lab
+        joined with `attach` starts one per host on first use and keeps it."""
+        agent = self._host_agents.get(host)
+        if agent is None or agent.process.returncode is not None:
+            if host not in self.hosts:
+                raise HarnessError(f"lab {self.id} has no host {host!r}")
+            agent = self.hosts[host].agent()
+            self._host_agents[host] = agent
+        return agent
+
+    # -- faults (harness/faults.py) ---------------------------------------------------------
+
+    def link(self, host: str, network: str) -> Link:
+        """`host`'s cable to `network`: `.down()`, `.up()`, `.loss(%)`, `.rate("4mbit")`."""
+        return self.faults.link(host, network)
+
+    def partition(self, *groups: Iterable[str]) -> Fault:
+        """Cut each group of hosts off from the others until `heal()` (or `.undo()`)."""
+        return self.faults.partition(*groups)
+
+    def heal(self) -> None:
+        """Undo every fault in place, newest first: the lab is as it was before them."""
+        self.faults.heal()
+
+    def _release_faults(self) -> None:
+        try:
+            self.faults.release()
+        except HarnessError:
+            if self._attached is not None:  # the lab lives on: say what was left
+                raise
+            # An owned lab's namespaces are about to go, and with them any fault.
+
     def __enter__(self) -> Lab:
         if self._state == "new":
             self.start()
@@ -257,6 +370,54 @@ class Lab:
     @property
     def ledger_dir(self) -> Path:
         return self._ledger.dir
+
+    @property
+    def capture_dir(self) -> Path:
+        return self._capture_dir or self._ledger.dir / "captures"
+
+    @property
+    def captures(self) -> dict[str, Path]:
+        """Label (`lan`, `h1:eth0`) → pcap path of every capture this Lab started."""
+        return {c.target.label: c.path for c in self._captures}
+
+    def capture(
+        self, target: str, path: str | os.PathLike[str] | None = None
+    ) -> _capture.LabCapture:
+        """Start capturing `target` (a network, or `host:iface`) to `path` now."""
+        parsed = _capture.parse_target(self.topology, target)
+        file = Path(path) if path is not None else self.capture_dir / parsed.filename
+        assert self._forkserver is not None
+        started = self._run(
+            _capture.start(
+                self._forkserver,
+                self.id,
+                [parsed],
+                file.parent,
+                self._ledger.logs,
+                self._host_netns(),
+                file.name,
+            )
+        )
+        self._captures += started
+        if self._attached is None:  # lab.json lists them (an attached lab's is not ours)
+            self._ledger.write_info(self.describe())
+        return _capture.LabCapture(started[0], self._runner)
+
+    def diagnostics(self, hosts: Sequence[str] | None = None) -> str:
+        """Each host's links, routes, sockets, nft ruleset, agent log and pcaps, as text."""
+        from harness.diagnostics import text
+
+        return text(self, hosts)
+
+    def _phase(self, name: str, total: int) -> _progress.Phase:
+        return _progress.Phase(self._progress, self.id, name, total)
+
+    def _removal_progress(self, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(_progress.Event(self.id, "removed", done, total))
+
+    def _host_netns(self) -> dict[str, str]:
+        return {name: host.handle.netns_path for name, host in self.hosts.items()}
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._state != "up":
@@ -278,9 +439,12 @@ class Lab:
                     "netns": host.netns,
                     "backend": host.handle.backend,
                     "addresses": host.addresses,
+                    "netns_path": host.handle.netns_path,
+                    "details": host.handle.details,
                 }
                 for name, host in self.hosts.items()
             },
+            "captures": {label: str(path) for label, path in self.captures.items()},
         }
 
     # -- on the loop thread ------------------------------------------------------------
@@ -299,25 +463,36 @@ class Lab:
             self._ledger.open(self.describe())
             (self._ledger.dir / "topology.yaml").write_text(self.topology.text, encoding="utf-8")
             self._forkserver.log_to(str(self._ledger.logs / "forkserver.log"))
-            self._backend = create_backend(
-                self.backend_name or "netns",
-                lab_id=self.id,
-                forkserver=self._forkserver,
-                record=self._ledger.record,
-            )
+            for name in dict.fromkeys(map(self.host_backend, self.topology.hosts.values())):
+                self._backends[name] = create_backend(
+                    name,
+                    lab_id=self.id,
+                    forkserver=self._forkserver,
+                    record=self._ledger.record,
+                    **self.backend_options,
+                )
             self._fabric = Fabric(self.id, self.topology, self._ledger.record)
             await self._fabric.build()
-            hosts = {}
-            for spec in self.topology.hosts.values():
-                hosts[spec.name] = LabHost(self, spec, await self._backend.create(spec))
+            hosts = await self._create_hosts()
             self.hosts = MappingProxyType(hosts)
             self.timings["hosts"] = time.perf_counter() - started
+            # Hosts without a namespace here (ssh: existing machines) are not wired.
+            local = [(h.spec, h.handle.netns_path) for h in hosts.values() if h.handle.netns_path]
+            wiring = self._phase("wired", len(local))
             await asyncio.gather(
-                wire_all(self._fabric, [(h.spec, h.handle.netns_path) for h in hosts.values()]),
-                self._start_host_agents(),
+                wire_all(self._fabric, local, wiring.step), self._start_host_agents()
             )
             self.timings["wired"] = time.perf_counter() - started
             await self._fabric.close()  # its netlink socket would pin the namespace
+            targets = _capture.targets_of(self.topology, self._capture_all)
+            self._captures = await _capture.start(
+                self._forkserver,
+                self.id,
+                targets,
+                self.capture_dir,
+                self._ledger.logs,
+                self._host_netns(),
+            )
             await self._apply_nft()
             await self._open_services()
             self._state = "up"
@@ -333,65 +508,88 @@ class Lab:
             def refuse(kind: str, name: str, attrs: dict[str, str]) -> None:
                 raise HarnessError(f"an attached lab creates no {kind} ({name})")
 
-            backend = record.info.get("backend") or "netns"
-            self._backend = create_backend(
-                backend, lab_id=self.id, forkserver=self._forkserver, record=refuse
-            )
             hosts = {}
             for spec in self.topology.hosts.values():
-                netns = record.info["hosts"][spec.name]["netns"]
+                info = record.info["hosts"][spec.name]
+                backend = info.get("backend") or "netns"
+                if not _netns_backed(backend):
+                    raise HarnessError(
+                        f"lab {self.id} has {backend} hosts ({spec.name}): only the process "
+                        "that brought it up can drive them"
+                    )
+                if backend not in self._backends:
+                    self._backends[backend] = create_backend(
+                        backend, lab_id=self.id, forkserver=self._forkserver, record=refuse
+                    )
                 handle = HostHandle(
-                    name=spec.name, netns_path=_netns.netns_path(netns), backend=backend
+                    name=spec.name,
+                    netns_path=info.get("netns_path") or _netns.netns_path(info["netns"]),
+                    backend=backend,
+                    details=dict(info.get("details") or {}),
                 )
                 hosts[spec.name] = LabHost(self, spec, handle)
             self.hosts = MappingProxyType(hosts)
 
+    async def _create_hosts(self) -> dict[str, LabHost]:
+        # Concurrently: a container takes a few hundred ms to start, a namespace ~1 ms.
+        specs = list(self.topology.hosts.values())
+        made = self._phase("hosts", len(specs))
+        handles = await asyncio.gather(
+            *(made.counted(self._backends[self.host_backend(spec)].create(spec)) for spec in specs),
+            return_exceptions=True,
+        )
+        for handle in handles:
+            if isinstance(handle, BaseException):
+                raise handle  # everything created is in the ledger; teardown removes it
+        return {
+            spec.name: LabHost(self, spec, handle)
+            for spec, handle in zip(specs, handles, strict=True)
+            if isinstance(handle, HostHandle)
+        }
+
     async def _start_host_agents(self) -> None:
         # One agent per host at bring-up: services and probes use it; agent() adds more.
-        started = await asyncio.gather(*(self._start_agent(h) for h in self.hosts.values()))
+        agents = self._phase("agents", len(self.hosts))
+        started = await asyncio.gather(
+            *(agents.counted(self._start_agent(h)) for h in self.hosts.values())
+        )
         self._host_agents = dict(zip(self.hosts, started, strict=True))
 
     async def _apply_nft(self) -> None:
-        scripts = {n: h.spec.nft for n, h in self.hosts.items() if h.spec.nft}
-        if not scripts:
-            return
-        nft = shutil.which("nft")
-        if nft is None:
-            raise EnvironmentProblem(
-                f"hosts {', '.join(scripts)} have `nft` rules but nft is not installed here; "
-                "install it with `apt-get install nftables`"
+        # The policy, then the raw `nft:` script, by the controller's nft in each namespace.
+        assert self._forkserver is not None
+        targets = [
+            _firewall.Target(
+                h.spec,
+                h.handle.netns_path,
+                self._backends[h.handle.backend].local_netns and bool(h.handle.netns_path),
             )
-
-        async def apply(name: str, script: str) -> None:
-            result = await self._run_command(
-                self.hosts[name], [nft, "-f", "-"], 30, script.encode()
-            )
-            if result.returncode != 0:
-                raise BackendError(
-                    f"nft refused the host's `nft` script: {result.stderr.strip()}", host=name
-                )
-
-        await asyncio.gather(*(apply(n, s) for n, s in scripts.items()))
+            for h in self.hosts.values()
+        ]
+        await _firewall.apply_all(self._forkserver, targets)
 
     async def _open_services(self) -> None:
-        for name, host in self.hosts.items():
-            agent = self._host_agents[name]
-            for service in host.spec.services:
-                addresses = [service.address] if service.address else ["0.0.0.0"]
-                if service.address is None and any(i.address6 for i in host.spec.interfaces):
-                    addresses.append("::")
-                for address in addresses:
-                    await agent.channel.request(
-                        "listen",
-                        proto=service.proto,
-                        address=address,
-                        port=service.port,
-                        v6only=True if ":" in address else None,
-                        echo=True,
-                    )
+        for name in self.hosts:
+            await self._open_host_services(name)
+
+    async def _open_host_services(self, name: str) -> None:
+        host, agent = self.hosts[name], self._host_agents[name]
+        for service in host.spec.services:
+            addresses = [service.address] if service.address else ["0.0.0.0"]
+            if service.address is None and any(i.address6 for i in host.spec.interfaces):
+                addresses.append("::")
+            for address in addresses:
+                await agent.channel.request(
+                    "listen",
+                    proto=service.proto,
+                    address=address,
+                    port=service.port,
+                    v6only=True if ":" in address else None,
+                    echo=True,
+                )
 
     async def _start_agent(self, host: LabHost, user: str | None = None) -> Agent:
-        assert self._backend is not None
+        backend = self._backends[host.handle.backend]
         in_read, in_write = os.pipe()
         out_read, out_write = os.pipe()
         log = os.open(
@@ -400,7 +598,7 @@ class Lab:
             0o600,
         )
         try:
-            process = await self._backend.start(
+            process = await backend.start(
                 host.handle, AGENT, Stdio(in_read, out_write, log), user=user
             )
         except BaseException:
@@ -422,43 +620,30 @@ class Lab:
         return agent
 
     async def _run_command(
-        self, host: LabHost, argv: list[str], timeout: float, stdin: bytes | None = None
+        self,
+        host: LabHost,
+        argv: list[str],
+        timeout: float,
+        stdin: bytes | None = None,
+        *,
+        from_controller: bool = False,
     ) -> CommandResult:
-        assert self._backend is not None
-        loop = asyncio.get_running_loop()
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
-        in_read, in_write = os.pipe()
+        """Run `argv` in the host; `from_controller`: the controller's own binary, started
+        by the fork server in the host's namespace (whatever the backend, no image needs it)."""
+        backend = self._backends[host.handle.backend]
+
+        def start(fds: tuple[int, int, int]) -> Awaitable[Process]:
+            if from_controller:
+                assert self._forkserver is not None
+                return self._forkserver.spawn(host.handle.netns_path, argv, fds)
+            return backend.start(host.handle, argv, Stdio(*fds))
+
         try:
-            process = await self._backend.start(
-                host.handle, argv, Stdio(in_read, out_write, err_write)
-            )
-        except BaseException:
-            for fd in (out_read, err_read, in_write):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (in_read, out_write, err_write):
-                os.close(fd)
-        try:
-            out, err, _, code = await asyncio.wait_for(
-                asyncio.gather(
-                    loop.run_in_executor(None, _read_all, out_read),
-                    loop.run_in_executor(None, _read_all, err_read),
-                    loop.run_in_executor(None, _write_all, in_write, stdin or b""),
-                    process.wait(),
-                ),
-                timeout,
-            )
+            code, out, err = await communicate(start, stdin or b"", timeout)
         except TimeoutError:
-            process.kill(signal.SIGKILL)
             raise HarnessError(
                 f"{' '.join(argv)} did not finish within {timeout} s in host {host.name}"
             ) from None
-        finally:
-            for fd in (out_read, err_read):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
         return CommandResult(
             tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace")
         )
@@ -481,13 +666,20 @@ class Lab:
             try:
                 await self._close_agents()
             finally:
+                await _capture.stop(self._captures)
                 if self._fabric is not None:
                     await self._fabric.close()
                 if self._forkserver is not None:
                     await self._forkserver.close(orderly=True)
-                record = _ledger.read_lab(self._ledger.dir)
-                if self._attached is None and record is not None and record.dir.exists():
-                    await asyncio.to_thread(_ledger.destroy_recorded, record)
+                try:
+                    record = _ledger.read_lab(self._ledger.dir)
+                    if self._attached is None and record is not None and record.dir.exists():
+                        await asyncio.to_thread(
+                            _ledger.destroy_recorded, record, self._removal_progress
+                        )
+                finally:
+                    for backend in self._backends.values():
+                        await backend.close()
 
     async def _detach(self) -> int:
         assert self._forkserver is not None
@@ -497,6 +689,16 @@ class Lab:
             read_fd, write_fd = agent.channel.pipe_fds
             drain.append(read_fd)
             hold.append(write_fd)
+        log = os.open(
+            self._ledger.logs / "relay.log",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            for backend in self._backends.values():
+                await backend.detach(log)
+        finally:
+            os.close(log)
         lock_fd = self._ledger.lock_fd
         self._forkserver.detach(lock_fd, drain, hold)
         owner = self._forkserver.pid
@@ -520,6 +722,11 @@ class Lab:
         self._forkserver.forget()  # without a commit, the server cleans the lab up
 
 
+def _netns_backed(backend: str) -> bool:
+    """Whether a backend's hosts are namespaces on this machine (not remote machines)."""
+    return backend != "ssh"
+
+
 def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -531,25 +738,6 @@ def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:
         return before
     finally:
         os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Feed a command's stdin, then close it (EOF), whatever the command does with it."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except BrokenPipeError:
-        pass  # the command exited without reading it all; its exit status says why
-    finally:
-        os.close(fd)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _check_environment() -> None:

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,14 +224,22 @@ def _ours(lab_id: str, entry: dict[str, str]) -> bool:
     return name == _netns.netns_path(base) and naming.is_lab_netns(lab_id, base)
 
 
-def destroy_recorded(record: LabRecord) -> list[str]:
+def destroy_recorded(
+    record: LabRecord, progress: Callable[[int, int], None] | None = None
+) -> list[str]:
     """Remove every object in the ledger, then the ledger. Returns what it removed.
+
+    `progress(done, total)` is told of the namespaces as they go.
 
     Kills processes still inside the lab's namespaces first (like `ip netns pids`), since
     a namespace with a process in it lives on after its name is gone.
     """
-    removed: list[str] = []
-    latest = {e["name"]: e for e in record.entries() if e.get("kind") == "netns"}
+    from harness.backends import clean_recorded  # backends import this module
+
+    entries = record.entries()
+    # Containers and other backends' hosts first: their processes go with them.
+    removed: list[str] = clean_recorded(record.id, entries)
+    latest = {e["name"]: e for e in entries if e.get("kind") == "netns"}
     # "absent": creation found the name taken (EEXIST), so that object was never ours.
     namespaces = [
         name for name, e in latest.items() if e.get("state") != ABSENT and _ours(record.id, e)
@@ -242,13 +250,18 @@ def destroy_recorded(record: LabRecord) -> list[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     leftovers = []
+    if progress is not None:
+        progress(0, len(namespaces))
     # Hosts first, the fabric last: deleting a host's namespace removes its veth pairs.
-    for path in sorted(namespaces, key=lambda p: p.count("-"), reverse=True):
+    ordered = sorted(namespaces, key=lambda p: p.count("-"), reverse=True)
+    for done, path in enumerate(ordered, 1):
         try:
             if _netns.remove(path):
                 removed.append(f"netns {os.path.basename(path)}")
         except OSError as exc:
             leftovers.append(f"{path} ({exc.strerror})")
+        if progress is not None:
+            progress(done, len(ordered))
     if leftovers:
         raise CleanupError(leftovers)
     shutil.rmtree(record.dir, ignore_errors=True)

@@ -14,11 +14,15 @@ from typing import Any
 
 import pytest
 
+from harness import pytest_observe
+from harness.cli_ssh import add_pytest_options
 from harness.lab import Lab
+from harness.pytest_expect import LABS_STARTED, ExpectFile
+from harness.pytest_expect import wants as expect_wants
 from harness.suites import Check, checks_of, expand, run_suite
 
 _KEPT = pytest.StashKey[list[str]]()
-_LABS_STARTED = pytest.StashKey[int]()
+_LABS_STARTED = LABS_STARTED  # labs brought up this run (Ctrl-C then exits 130)
 _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
@@ -38,11 +42,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "each check is one test item",
     )
     group.addoption(
+        "--netharness-retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="probe a mismatching `expect` cell again up to N times before it fails",
+    )
+    parser.addini(
+        "netharness_files",
+        type="linelist",
+        default=[],
+        help="glob patterns (from the rootdir) of topology files whose `expect` entries "
+        "are collected as tests without naming them on the command line",
+    )
+    group.addoption(
         "--netharness-keep",
         action="store_true",
         default=False,
         help="leave a failed test's lab up and print how to enter it",
     )
+    pytest_observe.add_options(group)
+    add_pytest_options(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,6 +79,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     item.stash.setdefault(_REPORTS, {})[report.when] = report
+    pytest_observe.on_report(item, report)
     return report
 
 
@@ -88,7 +109,8 @@ def netharness_topology(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture
 def lab(request: pytest.FixtureRequest, netharness_topology: Path) -> Iterator[Lab]:
     """A running lab of the marked topology, torn down after the test."""
-    running = Lab.up(netharness_topology, backend=request.config.getoption("netharness_backend"))
+    options = pytest_observe.lab_options(request.config, request.node.nodeid)
+    running = Lab.up(netharness_topology, **options)
     request.config.stash[_LABS_STARTED] += 1
     try:
         yield running
@@ -109,12 +131,19 @@ def lab(request: pytest.FixtureRequest, netharness_topology: Path) -> Iterator[L
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     """With --netharness-suite: a topology file named on the command line becomes tests.
+    Without it: a topology with an `expect` block, named or matching `netharness_files`,
+    becomes one test per expectation (harness/pytest_expect.py).
 
-    Only files given as arguments are collected, never other YAML in the repository.
+    Only files given as arguments (or matching the ini patterns) are collected, never
+    other YAML in the repository.
     """
     config = parent.config
     suite = config.getoption("netharness_suite")
-    if suite is None or file_path.suffix not in (".yaml", ".yml"):
+    if suite is None:
+        if expect_wants(file_path, config):
+            return ExpectFile.from_parent(parent, path=file_path)
+        return None
+    if file_path.suffix not in (".yaml", ".yml"):
         return None
     named = {(config.invocation_params.dir / arg.split("::")[0]).resolve() for arg in config.args}
     if file_path.resolve() not in named:
@@ -137,7 +166,7 @@ class SuiteFile(pytest.File):
                 yield SuiteCheck.from_parent(self, name=f"{suite}::{check}", key=(suite, check))
 
     def setup(self) -> None:
-        self._lab = Lab.up(self.path, backend=self.config.getoption("netharness_backend"))
+        self._lab = Lab.up(self.path, **pytest_observe.lab_options(self.config, self.nodeid))
         self.config.stash[_LABS_STARTED] += 1
         for suite in self.suite_names:
             for check in run_suite(suite, self._lab):

@@ -22,7 +22,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from hostagent import ops_bulk, ops_suites  # noqa: F401  - they register more ops
+from hostagent import (  # noqa: F401  - they register more ops
+    ops_bulk,
+    ops_diag,
+    ops_probe,
+    ops_suites,
+)
 from hostagent.net import (
     CMSG_BUFFER,
     READ_CAP,

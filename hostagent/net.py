@@ -9,10 +9,14 @@ from __future__ import annotations
 import collections
 import socket
 import struct
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostagent.protocol import OpError
+
+if TYPE_CHECKING:
+    from hostagent.agent import HostAgent
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python does not export it
 IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
@@ -115,6 +119,46 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class Deadlines:
+    """What a bulk op has in flight, oldest first (all share one timeout), with one timer
+    for the oldest deadline. Items have `done` and `deadline`; `on_expire(item)` is called
+    for each one not done by its deadline, and `late` keeps how far behind the loop was."""
+
+    def __init__(self, agent: HostAgent, on_expire: Callable[[Any], None]) -> None:
+        self.agent = agent
+        self.on_expire = on_expire
+        self.items: collections.deque[Any] = collections.deque()
+        self.timer: Timer | None = None
+        self.late = 0.0
+
+    def add(self, item: Any) -> None:
+        self.items.append(item)
+        self.arm()
+
+    def arm(self) -> None:
+        while self.items and self.items[0].done:
+            self.items.popleft()
+        if self.timer is not None or not self.items:
+            return
+        delay = self.items[0].deadline - time.monotonic()
+        self.timer = self.agent.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        now = time.monotonic()
+        while self.items and (self.items[0].done or self.items[0].deadline <= now):
+            item = self.items.popleft()
+            if not item.done:
+                self.late = max(self.late, now - item.deadline)
+                self.on_expire(item)
+        self.arm()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Datagram:

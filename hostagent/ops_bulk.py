@@ -21,7 +21,6 @@ Result: `{"results": [...], "connected": n, "failed": m, "errors": {errno: count
 
 from __future__ import annotations
 
-import collections
 import errno
 import gc
 import json
@@ -31,7 +30,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from hostagent.net import endpoint, resolve
+from hostagent.net import Deadlines, endpoint, resolve
 from hostagent.ops import MAX_SOCK_ID, PROTOS, register
 from hostagent.protocol import DEFERRED, OpError, Request
 
@@ -180,8 +179,7 @@ class _Bulk:
         self.active = 0  # connections in flight
         self.finished = 0
         self.failures: dict[str, int] = {}
-        self.inflight: collections.deque[_Conn] = collections.deque()  # oldest first
-        self.timer: Timer | None = None
+        self.inflight = Deadlines(agent, self._expire)
         self.resend_timer: Timer | None = None
         self.scheduled = False
         self.started = time.monotonic()
@@ -201,7 +199,7 @@ class _Bulk:
             self.next += 1
             started += 1
             self._open(index)
-        self._arm_timer()
+        self.inflight.arm()
         self._maybe_reply()
 
     def _schedule_fill(self) -> None:
@@ -243,7 +241,7 @@ class _Bulk:
         conn = _Conn(self, index, sock, time.monotonic() + self.timeout)
         self.active += 1
         self.agent.pending.add(sock)
-        self.inflight.append(conn)
+        self.inflight.items.append(conn)
         if peer is not None:
             conn.connected(peer)
         else:
@@ -287,23 +285,9 @@ class _Bulk:
         else:
             self._maybe_reply()
 
-    def _arm_timer(self) -> None:
-        while self.inflight and self.inflight[0].done:
-            self.inflight.popleft()
-        if self.timer is not None or not self.inflight:
-            return
-        delay = self.inflight[0].deadline - time.monotonic()
-        self.timer = self.agent.call_later(delay, self._expire)
-
-    def _expire(self) -> None:
-        self.timer = None
-        now = time.monotonic()
-        while self.inflight and (self.inflight[0].done or self.inflight[0].deadline <= now):
-            conn = self.inflight.popleft()
-            if not conn.done:
-                what = "echo reply" if conn.waiting_reply else "answer"
-                conn.fail(OpError.timeout(f"{self.what}: no {what} within {self.timeout:g} s"))
-        self._arm_timer()
+    def _expire(self, conn: _Conn) -> None:
+        what = "echo reply" if conn.waiting_reply else "answer"
+        conn.fail(OpError.timeout(f"{self.what}: no {what} within {self.timeout:g} s"))
 
     def arm_resend(self) -> None:
         if self.resend_timer is None:
@@ -315,7 +299,7 @@ class _Bulk:
         self.resend_timer = None
         now = time.monotonic()
         waiting = False
-        for conn in self.inflight:
+        for conn in self.inflight.items:
             if conn.done or not conn.waiting_reply:
                 continue
             waiting = True
@@ -329,10 +313,10 @@ class _Bulk:
             return
         self.replied = True
         _resume_gc()
-        for timer in (self.timer, self.resend_timer):
-            if timer is not None:
-                timer.cancel()
-        self.timer = self.resend_timer = None
+        self.inflight.cancel()
+        if self.resend_timer is not None:
+            self.resend_timer.cancel()
+        self.resend_timer = None
         seconds = time.monotonic() - self.started
         self.agent.log(
             f"connect_many: {self.count - sum(self.failures.values())} connected, "

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import os
+import uuid
 
 import pytest
 
-from tests.integration.rootns import RootSnapshot, snapshot
+from tests.integration.rootns import SESSION_VAR, RootSnapshot, snapshot
 
 pytest_plugins = ["pytester"]
 
@@ -21,6 +22,11 @@ def _checks_root(config: pytest.Config) -> bool:
     # Once per run: in the xdist controller (or a plain run), never in a worker, whose
     # neighbours' labs would come and go under its feet.
     return not hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Marks every process this run starts (xdist workers and lab owners inherit it).
+    os.environ.setdefault(SESSION_VAR, uuid.uuid4().hex)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

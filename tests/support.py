@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def netharness(
-    *args: str, input: str | None = None, timeout: float = 60
+    *args: str, input: str | None = None, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run `netharness ARGS` from the repository root and capture what it says."""
     return subprocess.run(
@@ -21,6 +21,7 @@ def netharness(
         input=input,
         timeout=timeout,
         cwd=ROOT,
+        env=env,
     )
 
 

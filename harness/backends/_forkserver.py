@@ -14,35 +14,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from harness.backends.base import FutureProcess
 from harness.errors import BackendError
 
 
-class ForkedProcess:
+class ForkedProcess(FutureProcess):
     """A process the fork server started; satisfies `harness.backends.base.Process`."""
 
     def __init__(self, server: ForkServerClient, pid: int) -> None:
+        super().__init__(pid)
         self._server = server
-        self._pid = pid
-        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-    @property
-    def pid(self) -> int:
-        return self._pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self._exit.result() if self._exit.done() else None
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._exit)
 
     def kill(self, signal: int) -> None:
         if not self._exit.done():
             self._server.kill(self._pid, signal)
-
-    def _exited(self, status: int) -> None:
-        if not self._exit.done():
-            self._exit.set_result(status)
 
 
 class ForkServerClient:

@@ -8,6 +8,7 @@ rest of netharness is shared. Keep this interface small.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -33,6 +34,29 @@ class Process(Protocol):
         ...
 
 
+class FutureProcess:
+    """A `Process` whose exit status arrives as a future, set by `_exited`."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exit.result() if self._exit.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    def _exited(self, status: int) -> None:
+        if not self._exit.done():
+            self._exit.set_result(status)
+
+
 @dataclass(frozen=True)
 class Stdio:
     """File descriptors the new process gets as 0, 1 and 2; the caller keeps its own ends."""
@@ -47,7 +71,9 @@ class HostHandle:
     """What a backend gives back for a host it made: the network namespace to wire into."""
 
     name: str  # the topology's host name
-    netns_path: str  # a path that setns(2) accepts, e.g. /run/netns/nh-<lab>-<host>
+    # A path that setns(2) accepts, e.g. /run/netns/nh-<lab>-<host>; empty for a host
+    # with no namespace on this machine (ssh: an existing machine), which is not wired.
+    netns_path: str
     backend: str
     details: dict[str, str] = field(default_factory=dict)
 
@@ -60,6 +86,9 @@ class Backend(abc.ABC):
     """One kind of host. Instances belong to one lab and are not shared between labs."""
 
     name: str
+    #: Whether `HostHandle.netns_path` is a namespace on this machine that the controller
+    #: may enter (firewall policy, nft). False for hosts that are other machines (ssh).
+    local_netns: bool = True
 
     @abc.abstractmethod
     async def create(self, host: Host) -> HostHandle:
@@ -75,6 +104,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def destroy(self, handle: HostHandle) -> None:
         """Remove the host and every process in it. Idempotent."""
+
+    async def detach(self, log_fd: int) -> None:  # noqa: B027 - optional hook, no-op default
+        """The lab is about to outlive this process (`netharness up`): hand whatever keeps
+        its processes' stdio flowing to a process that stays (stderr to `log_fd`)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
         """Release what the backend itself holds once every host is destroyed."""

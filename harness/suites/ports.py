@@ -212,9 +212,13 @@ def _small_range(ctx: _Context, ephemeral_host: str | None) -> Iterator[str | No
         if port_range is not None and port_range[1] - port_range[0] + 1 <= MAX_SMALL_RANGE:
             yield host
             return
-    host = ctx.roles.clients[0]
-    with _sysctl_for_check(ctx, host, "net.ipv4.ip_local_port_range", SUITE_RANGE):
-        yield host
+    # Existing machines (ssh hosts) are not ours to change: only a client made here.
+    settable = [h for h in ctx.roles.clients if ctx.lab.hosts[h].handle.netns_path]
+    if not settable:
+        yield None
+        return
+    with _sysctl_for_check(ctx, settable[0], "net.ipv4.ip_local_port_range", SUITE_RANGE):
+        yield settable[0]
 
 
 class _Unavailable(HarnessError):
@@ -754,6 +758,11 @@ def _lowered(ctx: _Context, options: _Options) -> Judgement:
 @contextlib.contextmanager
 def _sysctl_for_check(ctx: _Context, host: str, key: str, value: str) -> Iterator[None]:
     """Set a sysctl in `host` for one check and put the old value back afterwards."""
+    if not ctx.lab.hosts[host].handle.netns_path:
+        raise _Unavailable(
+            f"{host} is an existing machine: netharness does not change its {key}; "
+            "set it there, or use a lab host for this check"
+        )
     before = ctx.lab.hosts[host].sysctl(key, value)
     ctx.forget_info(host)
     try:

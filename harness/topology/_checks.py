@@ -34,7 +34,9 @@ from harness.topology._addresses import (
     sort_key,
     special,
 )
+from harness.topology._expect import check_expectations
 from harness.topology._paths import Path, format_path, printable
+from harness.topology._policy import check_firewall
 from harness.topology._raw import (
     HOST_NAME_MAX,
     IFNAME_MAX,
@@ -45,10 +47,13 @@ from harness.topology._raw import (
     RawHost,
     RawTopology,
 )
+from harness.topology._ssh import existing_networks, is_ssh_host, ssh_problems, ssh_target
 from harness.topology._structure import Damage
 from harness.topology._yaml import Document
 from harness.topology.model import (
     BACKEND_NAMES,
+    Expectation,
+    Firewall,
     Host,
     Interface,
     Network,
@@ -58,6 +63,8 @@ from harness.topology.model import (
 )
 
 _NAME = re.compile(NAME_PATTERN)
+# A docker image reference, loosely: [registry/]name[:tag][@digest], no spaces.
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$", re.IGNORECASE)
 _KEY = {4: "subnet", 6: "subnet6"}
 _ADDRESS_KEY = {4: "address", 6: "address6"}
 _EXAMPLE_SUBNET = {4: "10.0.1.0/24", 6: "fd00:1::/64"}
@@ -79,6 +86,7 @@ class _Attachment:
     static: dict[int, tuple[Address, Path]] = field(default_factory=dict)
     auto: dict[int, Path] = field(default_factory=dict)  # families to assign, and where
     resolved: dict[int, Address] = field(default_factory=dict)
+    capture: bool = False
 
 
 @dataclass
@@ -87,6 +95,7 @@ class _Host:
     raw: RawHost
     attachments: list[_Attachment] = field(default_factory=list)
     uncertain: bool = False  # some of its addresses are unknown: skip checks that need all
+    ssh: bool = False  # an existing machine: its addresses are given, never assigned
 
 
 class Checker:
@@ -101,6 +110,8 @@ class Checker:
         self.nets: dict[str, _Net] = {}
         self.hosts: dict[str, _Host] = {}
         self.sysctls: dict[str, dict[str, str]] = {}  # host -> resolved, in write order
+        self.firewalls: dict[str, Firewall | None] = {}
+        self.expectations: tuple[Expectation, ...] = ()
 
     def problem(self, path: Path, message: str, fix: str, *, at_key: bool = False) -> None:
         line, column = self.doc.key_pos(path) if at_key else self.doc.value_pos(path)
@@ -117,11 +128,28 @@ class Checker:
         for host in self.hosts.values():
             self.check_routes(host)
             self.check_services(host)
+            self.firewalls[host.name] = check_firewall(self, host.name)
+        self.expectations = check_expectations(self)
         if self.problems:
             return None
         return self.build()
 
     # -- names ---------------------------------------------------------------------------
+
+    def check_image(self, path: Path, raw: RawHost) -> None:
+        image = raw.image or ""
+        if raw.backend != "docker":
+            self.problem(
+                (*path, "image"),
+                f"image is only used by docker hosts, and this host's backend is {raw.backend}",
+                "add `backend: docker` to the host, or remove image",
+            )
+        elif not _IMAGE.match(image):
+            self.problem(
+                (*path, "image"),
+                f"image {image!r} is not an image reference",
+                "name a local image such as `netharness/host:0.1.0` or `debian:bookworm`",
+            )
 
     def check_name(
         self,
@@ -163,6 +191,7 @@ class Checker:
 
     def check_networks(self) -> None:
         placed: list[tuple[str, Subnet, Path]] = []
+        existing = existing_networks(self.raw.hosts, self.doc.data.get("hosts"))
         for name, raw in self.raw.networks.items():
             path: Path = ("networks", name)
             self.check_name(path, name, "network", IFNAME_MAX, at_key=True, is_ifname=True)
@@ -184,7 +213,7 @@ class Checker:
                 if text is None:
                     continue
                 subnet_path = (*path, _KEY[family])
-                subnet = self.parse_subnet(text, family, subnet_path)
+                subnet = self.parse_subnet(text, family, subnet_path, name in existing)
                 if subnet is None:
                     net.bad.add(family)
                     continue
@@ -200,7 +229,9 @@ class Checker:
                         break
                 placed.append((name, subnet, subnet_path))
 
-    def parse_subnet(self, text: str, family: int, path: Path) -> Subnet | None:
+    def parse_subnet(
+        self, text: str, family: int, path: Path, existing: bool = False
+    ) -> Subnet | None:
         key = _KEY[family]
         example = _EXAMPLE_SUBNET[family]
         if "/" not in text:
@@ -231,7 +262,7 @@ class Checker:
         if ip_interface(text).ip != subnet.network_address:
             self.problem(path, f"{text} has host bits set", f"did you mean {subnet}?")
             return None
-        if not in_lab_ranges(subnet):
+        if not in_lab_ranges(subnet) and not existing:  # existing: only ssh hosts on it
             self.problem(path, f"{subnet} is outside the address ranges for labs", RANGES_TEXT)
         if host_count(subnet) < 1:
             self.problem(
@@ -258,12 +289,18 @@ class Checker:
             self.check_name(path, name, "host", HOST_NAME_MAX, at_key=True)
             host = _Host(name, raw, uncertain=name in self.damage.uncertain_hosts)
             self.hosts[name] = host
+            written = self.doc.data["hosts"].get(name)
+            host.ssh = is_ssh_host(raw, written)
+            for where, message, fix, at_key in ssh_problems(name, raw, written):
+                self.problem(where, message, fix, at_key=at_key)
             if "backend" in raw.model_fields_set and raw.backend not in BACKEND_NAMES:
                 self.problem(
                     (*path, "backend"),
                     f"unknown backend {raw.backend!r}",
                     _closest(raw.backend, BACKEND_NAMES, "valid backends"),
                 )
+            if raw.image is not None:
+                self.check_image(path, raw)
             ifnames: dict[str, str] = {}
             for network, value in raw.networks.items():
                 attachment = self.attachment(host, network, value)
@@ -324,6 +361,15 @@ class Checker:
                 ifname, ifname_path = value.ifname, (*path, "ifname")
                 self.check_name(ifname_path, ifname, "interface", IFNAME_MAX, is_ifname=True)
         attachment = _Attachment(network, path, ifname, ifname_path)
+        attachment.capture = isinstance(value, RawAttachment) and value.capture
+        if attachment.capture and host.ssh:
+            self.problem(
+                (*path, "capture"),
+                "an ssh host's interfaces are the machine's own, not wired through the lab's "
+                "fabric, so netharness cannot capture them",
+                "remove `capture`; capture the network on a lab host's side, or run tcpdump on "
+                "the machine",
+            )
         static_families: set[int] = set()
         for text, where, family in written:
             address = self.parse_address(text, family, where)
@@ -336,8 +382,15 @@ class Checker:
                 attachment.static[address.version] = (address, where)
             else:
                 host.uncertain = True
+        if host.ssh and not written:
+            self.problem(
+                path,
+                f"{host.name} is an existing machine: its address on {network} cannot be auto",
+                f"write the address it already has, e.g. `{network}: {_example_address(net)}`",
+            )
+            host.uncertain = True
         for family in net.subnets:
-            if family not in static_families:
+            if family not in static_families and not host.ssh:
                 attachment.auto[family] = path
         return attachment
 
@@ -591,7 +644,12 @@ class Checker:
 
     def build(self) -> Topology:
         networks = {
-            name: Network(name, _v4_net(net.subnets.get(4)), _v6_net(net.subnets.get(6)))
+            name: Network(
+                name,
+                _v4_net(net.subnets.get(4)),
+                _v6_net(net.subnets.get(6)),
+                capture=self.raw.networks[name].capture,
+            )
             for name, net in self.nets.items()
         }
         hosts = {name: self.build_host(host) for name, host in self.hosts.items()}
@@ -600,6 +658,7 @@ class Checker:
             MappingProxyType(networks),
             MappingProxyType(hosts),
             self.filename,
+            expectations=self.expectations,
         )
 
     def build_host(self, host: _Host) -> Host:
@@ -614,6 +673,7 @@ class Checker:
                     attachment.ifname,
                     IPv4Interface(f"{v4}/{net.subnets[4].prefixlen}") if v4 else None,
                     IPv6Interface(f"{v6}/{net.subnets[6].prefixlen}") if v6 else None,
+                    capture=attachment.capture,
                 )
             )
         routes = []
@@ -635,9 +695,12 @@ class Checker:
             tuple(routes),
             host.raw.forwarding,
             MappingProxyType(self.sysctls[host.name]),
-            host.raw.backend,
+            "ssh" if host.ssh else host.raw.backend,
             services,
             host.raw.nft,
+            host.raw.image,
+            self.firewalls[host.name],
+            ssh_target(host.raw.ssh, self.filename) if host.raw.ssh else None,
         )
 
 
@@ -659,6 +722,12 @@ def _closest(word: str, choices: list[str] | tuple[str, ...], label: str) -> str
     listed = f"{label}: {', '.join(choices)}"
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"did you mean {close[0]!r}? {listed}" if close else listed
+
+
+def _example_address(net: _Net) -> str:
+    for subnet in net.subnets.values():
+        return str(next(free_addresses(subnet, set())))
+    return "10.0.1.11"
 
 
 def _v4_net(subnet: Subnet | None) -> IPv4Network | None:

@@ -62,6 +62,10 @@ class RawNetwork(_Strict):
         examples=["fd00:1::/64"],
         json_schema_extra=_optional(),
     )
+    capture: bool = Field(
+        False,
+        description="Record every frame on this network to a pcap file while the lab runs.",
+    )
 
 
 class RawAttachment(_Strict):
@@ -85,6 +89,7 @@ class RawAttachment(_Strict):
         examples=["eth0"],
         json_schema_extra=_optional(_name_rule(IFNAME_MAX)),
     )
+    capture: bool = Field(False, description="Record every frame of this interface to a pcap file.")
 
 
 def _attachment_kind(value: Any) -> str:
@@ -143,6 +148,181 @@ class RawService(_Strict):
     )
 
 
+# Tags of the unions below; `_structure.clean_loc` drops them from error locations.
+UNION_TAGS = frozenset({"<one>", "<list>", "<number>", "<text>"})
+
+
+def _one_or_list(value: Any) -> str:
+    return "<list>" if isinstance(value, list) else "<one>"
+
+
+def _number_or_text(value: Any) -> str:
+    return "<number>" if isinstance(value, int) and not isinstance(value, bool) else "<text>"
+
+
+Names = Annotated[
+    Annotated[str, Tag("<one>")] | Annotated[list[str], Tag("<list>")],
+    Discriminator(_one_or_list),
+]
+PortItem = Annotated[
+    Annotated[int, Tag("<number>"), Field(ge=1, le=65535)] | Annotated[str, Tag("<text>")],
+    Discriminator(_number_or_text),
+]
+Ports = Annotated[
+    Annotated[str, Tag("<one>")] | Annotated[list[PortItem], Tag("<list>")],
+    Discriminator(_one_or_list),
+]
+RuleProto = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
+_PORTS_DOC = 'A range "A-B", or a list of ports and ranges.'
+_PORTS_EXAMPLES: list[Any] = ["5000-5100", [80, 443, "8000-8080"]]
+
+
+class RawRule(_Strict):
+    """One firewall rule: exactly one of allow, reject or drop, and what it matches."""
+
+    model_config = ConfigDict(title="Rule")
+
+    allow: RuleProto | None = Field(
+        None, description="Accept this protocol.", json_schema_extra=_optional()
+    )
+    reject: RuleProto | None = Field(
+        None,
+        description="Refuse with an answer (closed): TCP reset, or ICMP (see `with`).",
+        json_schema_extra=_optional(),
+    )
+    drop: RuleProto | None = Field(
+        None, description="Drop silently (filtered).", json_schema_extra=_optional()
+    )
+    port: int | None = Field(
+        None, ge=1, le=65535, description="One port.", examples=[443], json_schema_extra=_optional()
+    )
+    ports: Ports | None = Field(
+        None, description=_PORTS_DOC, examples=_PORTS_EXAMPLES, json_schema_extra=_optional()
+    )
+    from_: Names | None = Field(
+        None,
+        alias="from",
+        description="Source: a CIDR, a network name, a host name, or a list of them.",
+        examples=["10.10.0.0/24", "admin", ["web", "app"]],
+        json_schema_extra=_optional(),
+    )
+    to: Names | None = Field(
+        None,
+        description="Destination: a CIDR, a network name, a host name, or a list of them.",
+        examples=["10.20.0.0/24", "db"],
+        json_schema_extra=_optional(),
+    )
+    with_: Literal["reset", "port-unreachable", "admin-prohibited", "host-unreachable"] | None = (
+        Field(
+            None,
+            alias="with",
+            description="How a reject answers (reject only; reset is TCP only).",
+            json_schema_extra=_optional(),
+        )
+    )
+    family: Literal[4, 6] | None = Field(
+        None, description="Only IPv4 or only IPv6.", json_schema_extra=_optional()
+    )
+
+
+class RawChain(_Strict):
+    """One hook of the host's firewall."""
+
+    model_config = ConfigDict(title="Chain")
+
+    policy: Literal["accept", "drop"] = Field(
+        "accept", description="What happens to packets no rule decides."
+    )
+    rules: list[RawRule] = Field(
+        default_factory=list,
+        description="Rules, first match wins.",
+        examples=[[{"allow": "tcp", "port": 443}]],
+    )
+    stateful: bool = Field(
+        True,
+        description="Accept established and related packets and drop invalid ones first.",
+    )
+
+
+class RawFirewall(_Strict):
+    """The host's packet filter (nftables, table `inet netharness`)."""
+
+    model_config = ConfigDict(title="Firewall")
+
+    input: RawChain | None = Field(
+        None, description="Packets to this host.", json_schema_extra=_optional()
+    )
+    output: RawChain | None = Field(
+        None, description="Packets from this host.", json_schema_extra=_optional()
+    )
+    forward: RawChain | None = Field(
+        None,
+        description="Packets routed through this host (needs forwarding: true).",
+        json_schema_extra=_optional(),
+    )
+
+
+class RawExpectation(_Strict):
+    """What a probe from some hosts to others must see; lists expand to one check each."""
+
+    model_config = ConfigDict(title="Expectation")
+
+    from_: Names = Field(
+        alias="from", description="Source host, or a list of hosts.", examples=["client1"]
+    )
+    to: Names = Field(description="Target host, or a list of hosts.", examples=["web"])
+    proto: Literal["tcp", "udp"] = Field(description="Transport protocol.", examples=["tcp"])
+    port: int | None = Field(
+        None, ge=1, le=65535, description="One port.", examples=[443], json_schema_extra=_optional()
+    )
+    ports: Ports | None = Field(
+        None, description=_PORTS_DOC, examples=_PORTS_EXAMPLES, json_schema_extra=_optional()
+    )
+    state: Literal["open", "closed", "filtered", "open|filtered"] = Field(
+        description="What the probe must see (open|filtered: UDP only).", examples=["open"]
+    )
+    family: Literal[4, 6] = Field(4, description="Probe over IPv4 or IPv6.")
+    address: str | None = Field(
+        None,
+        description="The target's address to probe; not given: its address on a network "
+        "shared with the source, else its first.",
+        examples=["10.0.2.12"],
+        json_schema_extra=_optional(),
+    )
+
+
+class RawSsh(_Strict):
+    """An existing machine reached over SSH; netharness creates nothing on it but a
+    temporary directory for its agent."""
+
+    model_config = ConfigDict(title="Ssh")
+
+    address: str = Field(
+        description="Host name or IP address to connect to.",
+        examples=["10.0.5.11", "lab-a.example.net"],
+    )
+    port: int = Field(22, ge=1, le=65535, description="SSH port.", examples=[22])
+    user: str | None = Field(
+        None,
+        description="User to log in as; defaults to the controller's user name.",
+        examples=["tester"],
+        json_schema_extra=_optional(),
+    )
+    key: str | None = Field(
+        None,
+        description="Private key file (relative paths: to the topology file; ~ expands). "
+        "Not given: ssh-agent and ~/.ssh/id_*.",
+        examples=["~/.ssh/id_ed25519"],
+        json_schema_extra=_optional(),
+    )
+    known_hosts: str | None = Field(
+        None,
+        description="known_hosts file to check the host key against, besides ~/.ssh/known_hosts.",
+        examples=["known_hosts"],
+        json_schema_extra=_optional(),
+    )
+
+
 class RawHost(_Strict):
     """A host: a network namespace (or container) with interfaces on networks."""
 
@@ -171,7 +351,8 @@ class RawHost(_Strict):
     )
     backend: str = Field(
         DEFAULT_BACKEND,
-        description="How the host is made.",
+        description="How the host is made: `netns` (a network namespace), `docker` "
+        "(a container) or `ssh` (an existing machine; implied by an `ssh:` block).",
         examples=[DEFAULT_BACKEND],
         json_schema_extra={"enum": list(BACKEND_NAMES)},
     )
@@ -188,6 +369,27 @@ class RawHost(_Strict):
             "table ip nat { chain post { type nat hook postrouting priority srcnat; "
             'oifname "wan" masquerade; } }'
         ],
+    )
+    image: str | None = Field(
+        None,
+        description="Docker hosts only: a local image with python3 "
+        "(default: netharness/host:<version>, made by `netharness image build`).",
+        examples=["netharness/host:0.1.0"],
+        json_schema_extra=_optional({"pattern": r"^\S+$"}),
+    )
+    firewall: RawFirewall | None = Field(
+        None,
+        description="Packet filter policy, compiled to nftables and applied inside the "
+        "host before `nft`.",
+        examples=[{"input": {"policy": "drop", "rules": [{"allow": "tcp", "port": 443}]}}],
+        json_schema_extra=_optional(),
+    )
+    ssh: RawSsh | None = Field(
+        None,
+        description="An existing machine reached over SSH instead of a namespace made "
+        "here; its networks list the addresses it already has.",
+        examples=[{"address": "10.0.5.11", "user": "tester", "known_hosts": "known_hosts"}],
+        json_schema_extra=_optional(),
     )
 
 
@@ -211,4 +413,10 @@ class RawTopology(_Strict):
         description="Hosts by name, at least one.",
         examples=[{"h1": {"networks": {"lan": "auto"}}}],
         json_schema_extra={"propertyNames": _name_rule(HOST_NAME_MAX), "minProperties": 1},
+    )
+    expect: list[RawExpectation] = Field(
+        default_factory=list,
+        description="Reachability the lab must show: `netharness check` and pytest probe "
+        "each entry.",
+        examples=[[{"from": "h1", "to": "h2", "proto": "tcp", "port": 443, "state": "open"}]],
     )

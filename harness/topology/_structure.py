@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from harness.errors import Problem
 from harness.topology._paths import Path, format_path, printable
-from harness.topology._raw import RawTopology
+from harness.topology._raw import UNION_TAGS, RawTopology
 from harness.topology._yaml import Document
 
 
@@ -74,7 +75,8 @@ def clean_loc(loc: tuple[str | int, ...]) -> Path:
     # hosts.<h>.networks.<n>.<tag>... and hosts.<h>.sysctls.<k>.<tag>: discriminated unions
     if len(path) > 4 and path[0] == "hosts" and path[2] in ("networks", "sysctls"):
         del path[4]
-    return tuple(path)
+    # from, to and ports in rules and expectations: their tags are all in UNION_TAGS
+    return tuple(p for p in path if p not in UNION_TAGS)
 
 
 def _cut(loc: Path, kind: str) -> Path:
@@ -83,7 +85,13 @@ def _cut(loc: Path, kind: str) -> Path:
         return loc  # dropping an unknown key invalidates nothing else
     if loc[:1] == ("networks",):
         return loc[:3]  # the network, or just its bad field
+    if loc[:1] == ("expect",):
+        return loc[:2]  # the whole entry
+    if loc[:1] == ("hosts",) and len(loc) >= 6 and loc[2] == "firewall" and loc[4] == "rules":
+        return loc[:6]  # one rule
     if loc[:1] == ("hosts",) and len(loc) >= 4:
+        if loc[2] == "ssh":
+            return loc[:3]  # the block goes whole: a field cut could leave it incomplete
         if loc[2] == "networks":
             return loc[:5]  # the attachment, or just its bad field
         return loc[:4]  # one route, service or sysctl
@@ -112,11 +120,16 @@ def _prune(data: dict[str, Any], cuts: set[Path], damage: Damage) -> dict[str, A
             except (KeyError, IndexError, TypeError, AttributeError):  # pragma: no cover
                 pass  # already inside something cut
     for path, indices in dropped.items():
-        if len(path) != 3 or path[2] not in pruned["hosts"].get(path[1], {}):
-            continue  # a route or service inside something already cut
-        items = pruned["hosts"][path[1]][path[2]]
+        items: Any = pruned
+        for part in path:  # a route, service, rule or expectation inside something cut
+            items = items.get(part) if isinstance(items, dict) else None
+        if not isinstance(items, list):
+            continue
         damage.kept[path] = [i for i in range(len(items)) if i not in indices]
-        pruned["hosts"][path[1]][path[2]] = [items[i] for i in damage.kept[path]]
+        parent = pruned
+        for part in path[:-1]:
+            parent = parent[part]
+        parent[path[-1]] = [items[i] for i in damage.kept[path]]
     return pruned
 
 
@@ -143,8 +156,11 @@ def _taint(cut: Path, damage: Damage) -> None:
         damage.networks.add(str(cut[1]))
     elif cut[0] == "networks":
         damage.incomplete_networks.add(str(cut[1]))  # a subnet may be missing or misspelt
-    elif cut[0] == "hosts" and len(cut) >= 3 and cut[2] not in ("routes", "services", "sysctls"):
+    elif cut[0] == "hosts" and len(cut) >= 3 and cut[2] not in _INDEPENDENT:
         damage.uncertain_hosts.add(str(cut[1]))  # maybe a misspelt `networks`, or a bad one
+
+
+_INDEPENDENT = ("routes", "services", "sysctls", "firewall", "nft")  # cut: networks still sure
 
 
 def _problem(error: ErrorDetails, loc: Path, doc: Document, filename: str) -> Problem:
@@ -165,7 +181,7 @@ def _problem(error: ErrorDetails, loc: Path, doc: Document, filename: str) -> Pr
 def _unknown_key(loc: Path) -> tuple[str, str]:
     key = str(loc[-1])
     model = model_at(loc[:-1])
-    allowed = list(model.model_fields) if model else []
+    allowed = list(_fields(model)) if model else []
     fix = f"allowed keys here: {', '.join(allowed)}"
     close = difflib.get_close_matches(key, allowed, n=1)
     if close:
@@ -176,7 +192,7 @@ def _unknown_key(loc: Path) -> tuple[str, str]:
 def _missing(loc: Path) -> tuple[str, str]:
     key = str(loc[-1])
     model = model_at(loc[:-1])
-    info = model.model_fields.get(key) if model else None
+    info = _fields(model).get(key) if model else None
     example = f" {_flow(info.examples[0])}" if info is not None and info.examples else ""
     return f"missing required key {key!r}", f"add `{key}:{example}`"
 
@@ -215,10 +231,16 @@ def _wrong_value(error: ErrorDetails, loc: Path, value: Any) -> tuple[str, str]:
             fix = (
                 f"e.g. `{loc[1]}: {{networks: {{lan: auto}}}}`, or {{}} for a host with no settings"
             )
+        elif loc[0] == "hosts" and loc[2:] == ("ssh",):
+            fix = "e.g. `ssh: {address: 10.0.5.11, user: tester}`"
         elif under == "routes":
             fix = "e.g. `- {to: default, via: 10.0.1.1}`"
         elif under == "services":
             fix = "e.g. `- {proto: tcp, port: 22}`"
+        elif loc[:1] == ("expect",) and len(loc) == 2:
+            fix = "e.g. `- {from: h1, to: h2, proto: tcp, port: 443, state: open}`"
+        elif len(loc) == 6 and loc[4] == "rules":
+            fix = "e.g. `- {allow: tcp, port: 443}`"
         return f"expected a mapping, got {got}", fix
     if kind == "list_type":
         return f"expected a list, got {got}", "write a list: `- item` lines, or [item, ...]"
@@ -235,7 +257,7 @@ def _bounds(loc: Path) -> tuple[Any, Any]:
     model = model_at(loc[:-1])
     low: Any = "?"
     high: Any = "?"
-    info = model.model_fields.get(str(loc[-1])) if model else None
+    info = _fields(model).get(str(loc[-1])) if model else None
     for rule in info.metadata if info else []:
         low = getattr(rule, "ge", low)
         high = getattr(rule, "le", high)
@@ -248,7 +270,7 @@ def model_at(path: Path) -> type[BaseModel] | None:
     for part in path:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
-            info = tp.model_fields.get(str(part))
+            info = _fields(tp).get(str(part))
             if info is None:
                 return None
             tp = info.annotation
@@ -260,6 +282,11 @@ def model_at(path: Path) -> type[BaseModel] | None:
             return None
     tp = _unwrap(tp)
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the key written in the file (`from`, not `from_`)."""
+    return {info.alias or name: info for name, info in model.model_fields.items()}
 
 
 def _unwrap(tp: Any) -> Any:

@@ -19,6 +19,17 @@ DEFAULT_UNPRIVILEGED_PORT_START = 1024
 PORT_RANGE = "net.ipv4.ip_local_port_range"
 UNPRIVILEGED_PORT_START = "net.ipv4.ip_unprivileged_port_start"
 
+#: What every lab host gets unless its `sysctls:` say otherwise: no rate limit on the
+#: ICMP errors that make a port "closed" (port unreachable, admin prohibited). With the
+#: kernel's defaults (1000 a second, bursts of 50, one per destination per second for
+#: IPv4) a probe of many closed UDP ports sees most of them silent: open|filtered.
+LAB_DEFAULTS: Mapping[str, str] = {
+    "net.ipv4.icmp_ratelimit": "0",
+    "net.ipv4.icmp_msgs_per_sec": "1000000",
+    "net.ipv4.icmp_msgs_burst": "1000000",
+    "net.ipv6.icmp.ratelimit": "0",
+}
+
 #: Keys people reach for that `forwarding: true` replaces.
 FORWARDING_KEYS = frozenset(
     {

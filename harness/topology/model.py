@@ -7,6 +7,7 @@ are read-only views that keep the order of the file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import (
@@ -20,7 +21,7 @@ from ipaddress import (
 from typing import Literal
 
 #: Backends a host may name in `backend:`; the first is the default.
-BACKEND_NAMES: tuple[str, ...] = ("netns",)
+BACKEND_NAMES: tuple[str, ...] = ("netns", "docker", "ssh")
 DEFAULT_BACKEND = BACKEND_NAMES[0]
 
 
@@ -31,6 +32,7 @@ class Network:
     name: str
     subnet: IPv4Network | None
     subnet6: IPv6Network | None
+    capture: bool = False  # record every frame on the network's bridge to a pcap
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Interface:
     ifname: str  # the interface name inside the host; the network name unless set
     address: IPv4Interface | None
     address6: IPv6Interface | None
+    capture: bool = False  # record this interface's frames (its fabric end) to a pcap
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,104 @@ class Service:
     address: str | None
 
 
+RuleProto = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
+RejectWith = Literal["reset", "port-unreachable", "admin-prohibited", "host-unreachable"]
+Subnet = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One rule of a chain, resolved: names in from/to became their subnets or addresses.
+
+    Empty `ports`, `sources` or `destinations` mean any. `family` None means both, unless
+    the protocol or the addresses name one. `reject_with` None picks the closest thing to
+    "closed": a TCP reset for TCP, ICMP port unreachable otherwise.
+    """
+
+    action: Literal["allow", "reject", "drop"]
+    proto: RuleProto
+    ports: tuple[tuple[int, int], ...]  # inclusive ranges, sorted, merged
+    sources: tuple[Subnet, ...]
+    destinations: tuple[Subnet, ...]
+    reject_with: RejectWith | None
+    family: Literal[4, 6] | None
+    line: int  # 1-based position of the rule in the file
+    column: int
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One hook of a host's firewall; `stateful` adds the conntrack rules first."""
+
+    policy: Literal["accept", "drop"]
+    rules: tuple[FirewallRule, ...]
+    stateful: bool = True
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """A host's policy by hook; a hook that is None is not filtered at all."""
+
+    input: Chain | None = None
+    output: Chain | None = None
+    forward: Chain | None = None
+
+    def chains(self) -> dict[str, Chain]:
+        """The hooks that are set, by name, in input, output, forward order."""
+        named = {"input": self.input, "output": self.output, "forward": self.forward}
+        return {name: chain for name, chain in named.items() if chain is not None}
+
+
+ProbeState = Literal["open", "closed", "filtered", "open|filtered"]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One cell of the truth table the topology promises (one entry of `expect:` expands
+    to one Expectation per source, target and port)."""
+
+    source: str  # host name
+    target: str  # host name
+    proto: Literal["tcp", "udp"]
+    port: int
+    state: ProbeState
+    family: Literal[4, 6]
+    address: str | None  # the target address to probe; None: the probe layer picks one
+    line: int  # 1-based line and column of the entry in the file
+    column: int
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """How to reach an existing machine (`ssh:` in the file), paths as written.
+
+    None means what ssh does: the controller's user name, keys from ssh-agent and
+    ~/.ssh/id_*, ~/.ssh/known_hosts. `key_file` and `known_hosts_file` are the paths to
+    open: ~ expanded, relative ones taken from `folder`, the topology file's folder (not
+    part of the topology's meaning: equal topologies may come from different folders).
+    """
+
+    address: str  # a host name or an IP address to connect to
+    port: int = 22
+    user: str | None = None
+    key: str | None = None  # a private key file
+    known_hosts: str | None = None  # checked in addition to ~/.ssh/known_hosts
+    folder: str = field(default=".", compare=False)
+
+    @property
+    def key_file(self) -> str | None:
+        return self._resolve(self.key)
+
+    @property
+    def known_hosts_file(self) -> str | None:
+        return self._resolve(self.known_hosts)
+
+    def _resolve(self, path: str | None) -> str | None:
+        if path is None:
+            return None
+        return os.path.normpath(os.path.join(self.folder, os.path.expanduser(path)))
+
+
 @dataclass(frozen=True)
 class Host:
     """One host: its interfaces in file order, routes, forwarding, sysctls and services.
@@ -76,6 +177,9 @@ class Host:
     backend: str
     services: tuple[Service, ...]
     nft: str | None = None  # raw nftables script applied in the host at bring-up
+    image: str | None = None  # docker hosts: the image (None: netharness/host:<version>)
+    firewall: Firewall | None = None  # the policy, applied before `nft`
+    ssh: SshTarget | None = None  # set exactly when backend is "ssh"
 
     def interface(self, network: str) -> Interface:
         """The interface of this host on `network`; KeyError if it is not connected."""
@@ -97,3 +201,4 @@ class Topology:
     # The YAML it was parsed from: a running lab keeps it, so `Lab.attach` sees the very
     # topology the lab was built from even if the file changed since.
     text: str = field(default="", repr=False, compare=False)
+    expectations: tuple[Expectation, ...] = ()

@@ -13,6 +13,13 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
+from harness import ledger, naming
+from harness.backends.docker import LAB_LABEL
+
+# Set once per test run (tests/conftest.py) and inherited by every process the run starts,
+# lab owners included: labs whose owner lacks it belong to another run on this machine.
+SESSION_VAR = "NETHARNESS_TEST_SESSION"
+
 
 @dataclass(frozen=True)
 class RootSnapshot:
@@ -22,10 +29,11 @@ class RootSnapshot:
     namespaces: frozenset[str]
     sysctls: tuple[tuple[str, str], ...]
     ruleset: str
+    containers: frozenset[str] = frozenset()  # "name (id)" of every container on the engine
 
     def difference(self, other: RootSnapshot) -> list[str]:
         lines = []
-        for field in ("links", "addresses", "routes", "namespaces"):
+        for field in ("links", "addresses", "routes", "namespaces", "containers"):
             mine, theirs = getattr(self, field), getattr(other, field)
             lines += [f"{field}: gone {item}" for item in sorted(mine - theirs, key=str)]
             lines += [f"{field}: new {item}" for item in sorted(theirs - mine, key=str)]
@@ -70,6 +78,26 @@ def _ruleset() -> str:
     ).stdout
 
 
+def foreign_labs() -> frozenset[str]:
+    """Ids of live labs owned by something other than this test run (another developer's
+    run on a shared machine): their namespaces come and go independently of ours."""
+    token = os.environ.get(SESSION_VAR)
+    marker = f"{SESSION_VAR}={token}".encode()
+    foreign = set()
+    for record in ledger.list_labs():
+        pid = record.info.get("owner_pid")
+        if not isinstance(pid, int) or pid == os.getpid():
+            continue  # /proc/self/environ would not show what this process set itself
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue  # the owner is gone: whatever it left is ours to notice
+        if token is None or marker not in environ:
+            foreign.add(record.id)
+    return frozenset(foreign)
+
+
 def snapshot() -> RootSnapshot:
     with IPRoute() as ipr:
         links = frozenset((link["index"], link.get("ifname")) for link in ipr.link("dump"))
@@ -81,7 +109,35 @@ def snapshot() -> RootSnapshot:
             for r in ipr.route("dump")
         )
     try:
-        namespaces = frozenset(os.listdir("/run/netns"))
+        names = os.listdir("/run/netns")
     except FileNotFoundError:
-        namespaces = frozenset()
-    return RootSnapshot(links, addresses, routes, namespaces, _sysctls(), _ruleset())
+        names = []
+    foreign = foreign_labs()
+    namespaces = frozenset(
+        name for name in names if not any(naming.is_lab_netns(lab, name) for lab in foreign)
+    )
+    return RootSnapshot(
+        links, addresses, routes, namespaces, _sysctls(), _ruleset(), _containers(foreign)
+    )
+
+
+def _containers(foreign: frozenset[str]) -> frozenset[str]:
+    """`docker ps -a` through the SDK, less the containers of other runs' live labs.
+    No engine: nothing to compare (the docker backend's own tests fail without one)."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client = docker.from_env()
+    except DockerException:
+        return frozenset()
+    try:
+        return frozenset(
+            f"{c.name} ({c.short_id})"
+            for c in client.containers.list(all=True, ignore_removed=True)
+            if c.labels.get(LAB_LABEL) not in foreign
+        )
+    except DockerException:
+        return frozenset()
+    finally:
+        client.close()

@@ -141,30 +141,37 @@ def test_clean_removes_a_lab_whose_owner_was_killed_and_spares_live_ones(
     assert len(lab_namespaces(live)) == 4
 
 
-def test_a_controller_killed_during_bring_up_is_reaped_without_a_command() -> None:
+def test_a_controller_killed_during_bring_up_is_reaped_without_a_command(
+    tmp_path: Path,
+) -> None:
     before = snapshot()
     star = str(ROOT / "topologies" / "star100.yaml")
+    # A ledger of its own, so other labs on the machine cannot be mistaken for this one.
+    env = {**os.environ, "NETHARNESS_RUN_DIR": str(tmp_path)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "up", star],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=env,
     )
+    labs = tmp_path / "labs"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # wait until the lab exists, then kill mid-way
-        if (
-            any(n.startswith("nh-") for n in os.listdir("/run/netns"))
-            if os.path.isdir("/run/netns")
-            else False
-        ):
+    while time.monotonic() < deadline:  # wait until the lab has a namespace, then kill
+        ids = (
+            [d.name for d in labs.iterdir() if not d.name.startswith(".")] if labs.is_dir() else []
+        )
+        if ids and lab_namespaces(ids[0]):
             break
         time.sleep(0.002)
+    else:
+        pytest.fail("the lab did not appear within 10 s")
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and before.difference(snapshot()):
         time.sleep(0.05)
     assert before.difference(snapshot()) == []
-    assert not any(Path("/run/netharness/labs").glob("*/lab.json"))
+    assert not any(labs.glob("*/lab.json"))
 
 
 def test_validate_and_schema() -> None:

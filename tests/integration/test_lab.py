@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from pyroute2 import IPRoute
 
 from harness import Lab, load_topology
 from harness.errors import BackendError
+from harness.lab import LabHost
 from tests.integration.rootns import snapshot
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
@@ -36,13 +38,17 @@ def kernel_view(netns: str) -> tuple[dict[str, set[str]], set[tuple[str | None, 
     return addresses, routes
 
 
-def test_lan_comes_up_with_the_addresses_the_topology_gives() -> None:
+def test_lan_comes_up_with_the_addresses_the_topology_gives(backend: str) -> None:
     topology = load_topology(TOPOLOGIES / "lan.yaml")
-    with Lab.up(topology) as lab:
+    with Lab.up(topology, backend=backend) as lab:
         assert set(lab.hosts) == {"h1", "h2", "h3"}
         for name, host in lab.hosts.items():
-            assert host.netns == f"nh-{lab.id}-{name}"
-            assert host.netns in os.listdir("/run/netns")
+            if backend == "netns":
+                assert host.netns == f"nh-{lab.id}-{name}"
+                assert host.netns in os.listdir("/run/netns")
+            else:  # a container's namespace, by its path
+                assert host.handle.details["container"] == f"nh-{lab.id}-{name}"
+                assert host.netns == host.handle.netns_path
             addresses, _ = kernel_view(host.netns)
             spec = topology.hosts[name].interface("lan")
             expected = {str(a) for a in (spec.address, spec.address6) if a is not None}
@@ -50,10 +56,11 @@ def test_lan_comes_up_with_the_addresses_the_topology_gives() -> None:
             assert addresses["lan"] == expected
         assert lab.hosts["h2"].address("lan") == "10.0.1.12"
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"nh-{lab.id}")]
+    assert not [h for h in lab.hosts.values() if os.path.exists(h.handle.netns_path)]
 
 
-def test_tcp_and_udp_between_hosts_reach_exactly_the_listening_process() -> None:
-    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+def test_tcp_and_udp_between_hosts_reach_exactly_the_listening_process(backend: str) -> None:
+    with Lab.up(TOPOLOGIES / "lan.yaml", backend=backend) as lab:
         server = lab.hosts["h2"].agent()
         other = lab.hosts["h2"].agent()  # a second application on the same host
         client = lab.hosts["h1"].agent()
@@ -71,8 +78,8 @@ def test_tcp_and_udp_between_hosts_reach_exactly_the_listening_process() -> None
             assert tuple(echo.peer) == tuple(conn.local)
 
 
-def test_ipv6_on_the_lan() -> None:
-    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+def test_ipv6_on_the_lan(backend: str) -> None:
+    with Lab.up(TOPOLOGIES / "lan.yaml", backend=backend) as lab:
         server = lab.hosts["h3"].agent()
         listener = server.listen("tcp", address="::", port=0)
         target = lab.hosts["h3"].address("lan", family=6)
@@ -82,9 +89,9 @@ def test_ipv6_on_the_lan() -> None:
         assert conn.local[0] == lab.hosts["h1"].address("lan", family=6)
 
 
-def test_routed_traffic_crosses_the_router_in_both_families() -> None:
+def test_routed_traffic_crosses_the_router_in_both_families(backend: str) -> None:
     topology = load_topology(TOPOLOGIES / "routed.yaml")
-    with Lab.up(topology) as lab:
+    with Lab.up(topology, backend=backend) as lab:
         h1, h2 = lab.hosts["h1"], lab.hosts["h2"]
         _, routes = kernel_view(h1.netns)
         gateways = {gw for _, gw in routes}
@@ -99,8 +106,8 @@ def test_routed_traffic_crosses_the_router_in_both_families() -> None:
                 assert echo.peer[0] == h1.address(family=family)
 
 
-def test_host_forwarding_is_set_only_on_the_router() -> None:
-    with Lab.up(TOPOLOGIES / "routed.yaml") as lab:
+def test_host_forwarding_is_set_only_on_the_router(backend: str) -> None:
+    with Lab.up(TOPOLOGIES / "routed.yaml", backend=backend) as lab:
         forwarding = {
             name: host.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
             for name, host in lab.hosts.items()
@@ -121,8 +128,8 @@ def test_nothing_appears_in_the_root_namespace_during_or_after() -> None:
     assert before.difference(snapshot()) == []
 
 
-def test_commands_run_inside_the_host_with_their_exit_code() -> None:
-    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+def test_commands_run_inside_the_host_with_their_exit_code(backend: str) -> None:
+    with Lab.up(TOPOLOGIES / "lan.yaml", backend=backend) as lab:
         result = lab.hosts["h1"].run(["sh", "-c", "cat /proc/net/dev; exit 3"])
         assert result.returncode == 3
         assert "lan:" in result.stdout
@@ -175,9 +182,9 @@ def test_one_hundred_hosts_come_up_with_every_agent_answering() -> None:
         assert lab.timings["up"] < 5.0
 
 
-def test_sockets_bind_to_a_lab_address_only_inside_its_host() -> None:
+def test_sockets_bind_to_a_lab_address_only_inside_its_host(backend: str) -> None:
     # The lab's addresses do not exist in the root namespace.
-    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+    with Lab.up(TOPOLOGIES / "lan.yaml", backend=backend) as lab:
         address = lab.hosts["h1"].address()
         with socket.socket() as sock, pytest.raises(OSError, match="assign") as raised:
             sock.bind((address, 0))
@@ -198,10 +205,10 @@ hosts:
 """
 
 
-def test_services_listen_from_bring_up_and_sysctls_apply() -> None:
+def test_services_listen_from_bring_up_and_sysctls_apply(backend: str) -> None:
     from harness.topology import parse_topology
 
-    with Lab.up(parse_topology(SERVICES, "services.yaml")) as lab:
+    with Lab.up(parse_topology(SERVICES, "services.yaml"), backend=backend) as lab:
         web, client = lab.hosts["web"], lab.hosts["client"]
         listening = web.run(["ss", "-H", "-tuln"]).stdout
         assert "0.0.0.0:443" in listening
@@ -247,14 +254,19 @@ hosts:
 """
 
 
-def test_nft_scripts_apply_inside_the_host_only() -> None:
+def ruleset(host: LabHost) -> str:
+    """The host's nft ruleset, listed by the controller's nft (images have none)."""
+    argv = ["nsenter", f"--net={host.handle.netns_path}", "nft", "list", "ruleset"]
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_nft_scripts_apply_inside_the_host_only(backend: str) -> None:
     from harness.topology import parse_topology
 
     before = snapshot()
-    with Lab.up(parse_topology(NAT, "nat.yaml")) as lab:
-        rules = lab.hosts["router"].run(["nft", "list", "ruleset"]).stdout
-        assert "masquerade" in rules
-        assert "masquerade" not in lab.hosts["client"].run(["nft", "list", "ruleset"]).stdout
+    with Lab.up(parse_topology(NAT, "nat.yaml"), backend=backend) as lab:
+        assert "masquerade" in ruleset(lab.hosts["router"])
+        assert "masquerade" not in ruleset(lab.hosts["client"])
         server = lab.hosts["server"].agent()
         port = server.listen("tcp").port
         conn = lab.hosts["client"].agent().connect("tcp", "198.18.0.10", port)

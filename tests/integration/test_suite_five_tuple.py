@@ -46,8 +46,8 @@ def failing(checks: list[Check]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def lan() -> Iterator[Lab]:
-    with Lab.up(TOPOLOGIES / "lan.yaml") as lab:
+def lan(backend: str) -> Iterator[Lab]:
+    with Lab.up(TOPOLOGIES / "lan.yaml", backend=backend) as lab:
         yield lab
 
 

@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def lan() -> Iterator[Lab]:
-    with Lab.up(load_topology(ROOT / "topologies" / "lan.yaml")) as lab:
+def lan(backend: str) -> Iterator[Lab]:
+    with Lab.up(load_topology(ROOT / "topologies" / "lan.yaml"), backend=backend) as lab:
         yield lab
 
 

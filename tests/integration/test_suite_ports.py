@@ -74,8 +74,8 @@ NEED_HOSTS = (
 
 
 @pytest.fixture(scope="module")
-def lan_ports() -> Iterator[Lab]:
-    with Lab.up(parse_topology(LAN_PORTS, "lan-ports.yaml")) as lab:
+def lan_ports(backend: str) -> Iterator[Lab]:
+    with Lab.up(parse_topology(LAN_PORTS, "lan-ports.yaml"), backend=backend) as lab:
         yield lab
 
 

@@ -6,7 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from tests.integration.rootns import RootSnapshot, snapshot
+from harness import naming
+from tests.integration.rootns import RootSnapshot, foreign_labs, snapshot
 from tests.support import ROOT, netharness, start
 
 LAN = ROOT / "topologies" / "lan.yaml"
@@ -29,9 +30,11 @@ def star(path: Path, hosts: int) -> Path:
 
 def lab_namespaces() -> set[str]:
     try:
-        return {n for n in os.listdir("/run/netns") if n.startswith("nh-")}
+        names = [n for n in os.listdir("/run/netns") if n.startswith("nh-")]
     except FileNotFoundError:
         return set()
+    foreign = foreign_labs()  # other runs' labs on a shared machine
+    return {n for n in names if not any(naming.is_lab_netns(lab, n) for lab in foreign)}
 
 
 def wait_clean(before: RootSnapshot, within: float) -> tuple[float, list[str]]:
@@ -42,7 +45,8 @@ def wait_clean(before: RootSnapshot, within: float) -> tuple[float, list[str]]:
     started = time.monotonic()
     while True:
         left = before.difference(snapshot())
-        ledgers = sorted(p.name for p in LABS.glob("*")) if LABS.exists() else []
+        foreign = foreign_labs()
+        ledgers = sorted(p.name for p in LABS.glob("*") if p.name not in foreign)
         left += [f"ledger {name}" for name in ledgers]
         elapsed = time.monotonic() - started
         if not left or elapsed > within:

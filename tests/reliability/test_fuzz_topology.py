@@ -16,7 +16,8 @@ The guarantee, checked over thousands of generated inputs (`check_text`, `check_
   is empty, or its top level is not a mapping; or the top-level value has a tag, is a
   lone surrogate escape, has a key that is a list or mapping, merges (`<<:`) something
   that is not a mapping or itself, merges too deeply, or expands too far through aliases.
-- Each call takes less than `TIME_LIMIT` (1 s) of CPU and wall-clock time, and allocates
+- Each call takes less than `TIME_LIMIT` (1 s) of CPU time (and `WALL_LIMIT` of elapsed
+  time, which only a call that waits instead of computing would reach), and allocates
   at most `MEMORY_LIMIT` (64 MiB) at its peak (tracemalloc; see `measure`). The inputs
   are at most ~64 KiB of text: the loader's work is linear in the text except where
   aliases and merges expand it, and the loader caps those. Measured here: ordinary
@@ -32,14 +33,16 @@ The guarantee, checked over thousands of generated inputs (`check_text`, `check_
   broadcast address, no address twice, gateways on a connected subnet and not the host's
   own, one route per destination, services and sysctls within their rules.
 - The two entry points agree: for UTF-8 text the file gives the same problems (or the
-  same topology) as the string; and a call repeated gives the same answer.
+  same topology) as the string; a call run again (to time it) gives the same answer.
 
 Inputs come from six strategies: mutated files (the shipped topologies, tests/data and
 the examples of docs/topology.md), generated near-valid topologies, random YAML
 structures with anchors, aliases and tags, light YAML edge cases (directives, documents,
 tags, BOMs, NULs, CR, odd numbers), heavy ones (alias and merge bombs, merge chains, deep
 nesting, huge numbers, long strings, many hosts), and raw bytes (invalid UTF-8, BOMs,
-UTF-16). Twenty generated bad inputs also go through the real command line.
+UTF-16). Twenty generated bad inputs also go through the real command line
+(`validate` and `up`): exit code 2, every problem's file:line:col on stderr, no
+traceback, nothing created.
 
 By default that is about 2,300 inputs, each loaded as a string and as a file, in about
 a minute; `NETHARNESS_SOAK=1` runs ten times as many, with a fresh random seed each time
@@ -79,6 +82,7 @@ SOAK = os.environ.get("NETHARNESS_SOAK") == "1"
 SCALE = 10 if SOAK else 1
 
 TIME_LIMIT = 1.0  # seconds per call
+WALL_LIMIT = 5 * TIME_LIMIT  # the same, as elapsed time on a busy machine
 MEMORY_LIMIT = 64 * 2**20  # bytes allocated at the peak of one call (tracemalloc)
 NETNS_DIR = Path("/run/netns")
 
@@ -176,13 +180,15 @@ def measure(call: Callable[[], Topology], *, memory: bool = True) -> Outcome:
         assert first.peak < MEMORY_LIMIT, f"one call allocated {first.peak / 2**20:.1f} MiB"
     timed = first
     tries = 0
-    while (timed.seconds >= TIME_LIMIT or timed.cpu >= TIME_LIMIT) and tries < 3:
+    while (timed.seconds >= WALL_LIMIT or timed.cpu >= TIME_LIMIT) and tries < 3:
         timed = _run(call, traced=False)  # only an input that is slow every time is slow
         tries += 1
         assert timed.problems == first.problems, "the same input gave other problems"
         assert timed.topology == first.topology, "the same input gave another topology"
     assert timed.cpu < TIME_LIMIT, f"one call took {timed.cpu:.2f} s of CPU time"
-    assert timed.seconds < TIME_LIMIT, f"one call took {timed.seconds:.2f} s"
+    # CPU time is the input's cost; wall time only has to rule out waiting (I/O, sleeps),
+    # with room for a machine whose other cores' work stretches every call.
+    assert timed.seconds < WALL_LIMIT, f"one call took {timed.seconds:.2f} s"
     return dataclasses.replace(timed, peak=first.peak)
 
 
@@ -242,7 +248,7 @@ WHOLE_DOCUMENT = tuple(
         r"the document is nested far too deeply\Z",
         r"the file is empty\Z",
         r"the top level must be a mapping with name, networks and hosts, got ",
-        # the top-level mapping itself (it has no key to name):
+        # the top-level value itself (it has no key to name):
         r"unsupported YAML tag ",
         r"a key must be plain text, not a list or mapping\Z",
         r"`<<:` merges only mappings\Z",
@@ -962,11 +968,13 @@ SCALARS = st.one_of(
     TEXT,
     st.sampled_from(TOKENS),
 )
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4)),
-    max_leaves=16,
-)
+
+
+def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(KEYS, inner, max_size=4))
+
+
+VALUES = st.recursive(SCALARS, _containers, max_leaves=16)
 TOPLIKE = st.fixed_dictionaries(
     {"name": st.one_of(st.just("t"), VALUES), "hosts": VALUES},
     optional={"networks": VALUES, "expect": VALUES, "firewall": VALUES},
@@ -1312,27 +1320,37 @@ def netharness(command: str, file: Path, run_dir: Path) -> subprocess.CompletedP
     )
 
 
+def _as_bytes(data: str | bytes) -> bytes:
+    return data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+
+
+def _is_bad(data: str | bytes) -> bool:
+    try:
+        parse_topology(_as_bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, TopologyError):
+        return True
+    return False
+
+
 def test_bad_inputs_through_the_command_line(tmp_path: Path, creates_nothing: Path) -> None:
     """Generated bad inputs: exit 2, every problem's file:line:col, no traceback, nothing made."""
     cases: list[tuple[Path, list[Problem]]] = []
-    inputs = st.one_of(mutated_files(), edge_cases(), raw_files())
+    bad_inputs = st.one_of(mutated_files(), edge_cases(), raw_files()).filter(_is_bad)
 
     @fuzz(20)
-    @given(inputs)
+    @given(bad_inputs)
     def collect(data: str | bytes) -> None:
-        raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
         path = tmp_path / f"case{len(cases)}.yaml"
-        path.write_bytes(raw)
-        try:
+        path.write_bytes(_as_bytes(data))
+        with pytest.raises(TopologyError) as caught:
             load_topology(path)
-        except TopologyError as exc:
-            cases.append((path, exc.problems))
+        cases.append((path, caught.value.problems))
 
     collect()
-    assert len(cases) >= 10 * SCALE, "most generated inputs are bad"
+    assert len(cases) == 20 * SCALE
     before = _netns()
     runs = [(path, problems, command) for path, problems in cases for command in ("validate", "up")]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
         results = list(pool.map(lambda run: netharness(run[2], run[0], creates_nothing), runs))
     for (path, problems, command), result in zip(runs, results, strict=True):
         context = (command, path.name, result.stderr[-2000:])

@@ -383,3 +383,58 @@ def test_many_connections_in_flight_at_once(agent: RawAgent) -> None:
     assert len(client_side) == count
     assert client_side == server_side  # the same four-tuples, seen from both ends
     assert agent.ok("info")["sockets"] == 1 + 2 * count
+
+
+# ---- sock_diag: the kernel's socket list, as harness.diag reads it locally --------------
+
+LISTEN, ESTABLISHED, CLOSE = 10, 1, 7
+
+
+def inode(sock: socket.socket) -> int:
+    return os.fstat(sock.fileno()).st_ino
+
+
+def test_lists_a_listener_and_both_ends_of_a_connection_with_their_inodes(
+    agent: RawAgent,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                rows = agent.ok("sock_diag", proto="tcp", family=4)["sockets"]
+                by_inode = {row[5]: row for row in rows}
+                assert by_inode[inode(server)][:5] == [LISTEN, "127.0.0.1", port, "0.0.0.0", 0]
+                sport = client.getsockname()[1]
+                assert by_inode[inode(client)][:5] == [
+                    ESTABLISHED,
+                    "127.0.0.1",
+                    sport,
+                    "127.0.0.1",
+                    port,
+                ]
+                assert by_inode[inode(accepted)][:5] == [
+                    ESTABLISHED,
+                    "127.0.0.1",
+                    port,
+                    "127.0.0.1",
+                    sport,
+                ]
+                assert by_inode[inode(client)][6] == os.getuid()
+                only_listen = agent.ok("sock_diag", proto="tcp", family=4, states=1 << LISTEN)
+                assert {r[0] for r in only_listen["sockets"]} == {LISTEN}
+                assert inode(client) not in {r[5] for r in only_listen["sockets"]}
+
+
+def test_udp_and_ipv6(agent: RawAgent) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+        udp.bind(("::1", 0))
+        port = udp.getsockname()[1]
+        rows = agent.ok("sock_diag", proto="udp", family=6, states=1 << CLOSE)["sockets"]
+        assert [CLOSE, "::1", port, "::", 0] in [r[:5] for r in rows if r[5] == inode(udp)]
+
+
+def test_refuses_a_family_that_is_not_4_or_6(agent: RawAgent) -> None:
+    reply = agent.call("sock_diag", proto="tcp", family=5)
+    assert reply["ok"] is False
+    assert reply["error"]["kind"] == "bad-request"

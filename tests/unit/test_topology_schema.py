@@ -16,7 +16,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from harness.errors import TopologyError
-from harness.topology import SYSCTLS, parse_topology, topology_schema
+from harness.topology import BACKEND_NAMES, SYSCTLS, parse_topology, topology_schema
 from harness.topology._raw import HOST_NAME_MAX, IFNAME_MAX, NAME_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_schema_is_json_and_declares_draft_2020_12() -> None:
     assert json.loads(json.dumps(schema)) == schema
     assert schema["type"] == "object"
     assert schema["required"] == ["name", "hosts"]
-    assert set(schema["properties"]) == {"name", "networks", "hosts"}
+    assert set(schema["properties"]) == {"name", "networks", "hosts", "expect"}
     assert schema["additionalProperties"] is False
 
 
@@ -152,7 +152,18 @@ def test_schema_is_structurally_sound() -> None:
             re.compile(sub["pattern"])
         if sub.get("type") == "object" and "properties" in sub:
             assert sub["additionalProperties"] is False  # unknown keys are errors
-    assert set(schema["$defs"]) == {"Network", "Host", "Attachment", "Route", "Service"}
+    assert set(schema["$defs"]) == {
+        "Network",
+        "Host",
+        "Attachment",
+        "Route",
+        "Service",
+        "Firewall",
+        "Chain",
+        "Rule",
+        "Expectation",
+        "Ssh",
+    }
 
 
 def test_every_property_has_a_description_and_examples_are_valid() -> None:
@@ -172,7 +183,7 @@ def test_schema_rules_are_the_loaders_constants() -> None:
     assert networks["propertyNames"] == {"pattern": NAME_PATTERN, "maxLength": IFNAME_MAX}
     host = schema["$defs"]["Host"]
     assert host["properties"]["sysctls"]["propertyNames"]["enum"] == list(SYSCTLS)
-    assert host["properties"]["backend"]["enum"] == ["netns"]
+    assert host["properties"]["backend"]["enum"] == list(BACKEND_NAMES)
     port = schema["$defs"]["Service"]["properties"]["port"]
     assert (port["minimum"], port["maximum"]) == (1, 65535)
 

@@ -1,0 +1,22 @@
+"""Diagnostics of ssh hosts: machines of their own, read through the ssh backend."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness import Lab
+from tests.integration.sshd import ADDRESSES, SshdLab
+
+
+def test_an_ssh_hosts_diagnostics_come_from_the_machine(tmp_path: Path) -> None:
+    with (
+        SshdLab(tmp_path) as sshd,
+        Lab.up(sshd.topology(), backend_options={"ssh_options": sshd.options()}) as lab,
+    ):
+        text = lab.diagnostics(hosts=["b"])
+    assert "host b" in text
+    assert f"inet {ADDRESSES['b']}/" in text  # `ip addr` as the machine printed it
+    assert re.search(rf"tcp4 LISTEN +{re.escape(ADDRESSES['b'])}:22 ", text)  # sock_diag
+    assert "--- nft ruleset" in text
+    assert "unavailable" not in text.split("--- agents' log")[0]

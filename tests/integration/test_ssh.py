@@ -1,0 +1,287 @@
+"""The ssh backend against real OpenSSH servers running in the hosts of a netns lab.
+
+The controller reaches them through sockets made in the lab's `ctl` host (see sshd.py):
+the suites, probes and `expect:` run across ssh hosts exactly as on a lab; host keys are
+refused before any authentication (the servers' DEBUG logs show no userauth request);
+a controller killed with SIGKILL leaves no agent and no temporary directory behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import Lab, _netns, diag, probe
+from harness.errors import BackendError, HostKeyRefused
+from harness.suites import run_suite
+from harness.topology import parse_topology
+from tests.integration.sshd import ADDRESSES, SshdLab
+
+REPO = Path(__file__).resolve().parents[2]
+# What sshd logs (LogLevel DEBUG) once a client starts authenticating, by any method.
+AUTH_MARKS = ("userauth-request", "Accepted ", "Failed ", "Postponed ", "authentication")
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdLab]:
+    with SshdLab(tmp_path_factory.mktemp("sshd")) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def lab(sshd: SshdLab) -> Iterator[Lab]:
+    with Lab.up(sshd.topology(), backend_options={"ssh_options": sshd.options()}) as running:
+        yield running
+
+
+def remote_dirs(sshd: SshdLab) -> set[str]:
+    """The agents' temporary directories (the machines' TMPDIR is the fixture's own)."""
+    return {str(p) for p in sshd.remote_tmp.glob("netharness-*")}
+
+
+def agents_in(sshd: SshdLab, name: str, directory: str) -> list[int]:
+    """Agent processes (python3 running the zipapp in `directory`) in machine `name`."""
+    inode = os.stat(sshd.netns_of(name)).st_ino
+    found = []
+    for pid in _netns.pids_in({inode}):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"{directory}/agent.pyz".encode() in cmdline:
+            found.append(pid)
+    return found
+
+
+def test_hosts_are_the_machines_with_no_namespace_here(lab: Lab, sshd: SshdLab) -> None:
+    a = lab.hosts["a"]
+    assert a.handle.backend == "ssh"
+    assert a.handle.netns_path == ""
+    directory = a.handle.details["dir"]
+    assert Path(directory).parent == sshd.remote_tmp  # mkdtemp there, in its TMPDIR
+    assert Path(directory).stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in Path(directory).iterdir()) == ["agent.pyz"]
+    info = a.host_agent.info()
+    assert info.netns == f"net:[{os.stat(sshd.netns_of('a')).st_ino}]"  # in machine a
+    result = a.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert (result.returncode, result.stdout) == (3, "out\n")
+    assert result.stderr.endswith("err\n")  # after the test sshd's own DEBUG lines
+    assert a.sysctl("net.ipv4.ip_unprivileged_port_start") == "80"
+
+
+def test_diag_through_the_agent_is_the_kernels_view(lab: Lab, sshd: SshdLab) -> None:
+    remote = diag.sockets(lab.hosts["b"], "tcp", 4)
+    local = diag.sockets_in(sshd.netns_of("b"), "tcp", 4)
+    # The ssh connections come and go; the listeners stay and must be identical.
+    listening = {s for s in remote if s.state == "LISTEN"}
+    assert listening == {s for s in local if s.state == "LISTEN"}
+    assert {s.local for s in listening} >= {(ADDRESSES["b"], 22), ("0.0.0.0", 8443)}
+    udp = diag.sockets(lab.hosts["b"], "udp", 4, states=["UNCONN"])
+    assert ("0.0.0.0", 8443) in {s.local for s in udp}
+
+
+def test_transport_suites_pass_across_ssh_hosts(lab: Lab) -> None:
+    runs: dict[str, dict[str, Any]] = {
+        "multiplexing": {"server": "a", "clients": ["b", "c"], "processes": 10},
+        "five_tuple": {"server": "a", "clients": ["b", "c"], "connections": 200},
+        "ports": {"server": "a", "clients": ["b", "c"]},
+    }
+    failed = []
+    for suite, options in runs.items():
+        checks = run_suite(suite, lab, **options)
+        assert checks
+        failed += [f"{c.suite}/{c.name}: {c.verdict} {c.observed}" for c in checks if not c.passed]
+    assert failed == []
+
+
+def test_probes_and_expectations_pass_across_ssh_hosts(lab: Lab) -> None:
+    report = probe.check(lab, lab.topology.expectations)
+    assert len(report.verdicts) == 5
+    assert report.passed, report.summary()
+
+
+def _log_offsets(sshd: SshdLab) -> dict[str, int]:
+    return {n: s.log.stat().st_size for n, s in sshd.servers.items()}
+
+
+def _log_since(sshd: SshdLab, offsets: dict[str, int], name: str) -> str:
+    with open(sshd.servers[name].log, "rb") as log:
+        log.seek(offsets[name])
+        return log.read().decode(errors="replace")
+
+
+def test_an_unknown_host_key_is_refused_before_authentication(
+    sshd: SshdLab, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    before, offsets = remote_dirs(sshd), _log_offsets(sshd)
+    topology = sshd.topology(known_hosts=empty, hosts=("a",))
+    with pytest.raises(HostKeyRefused) as caught:
+        Lab.up(topology, backend_options={"ssh_options": sshd.options()})
+    message = str(caught.value)
+    key = (sshd.dir / "host_a.pub").read_text().split()
+    keygen = ["ssh-keygen", "-lf", str(sshd.dir / "host_a.pub")]
+    expected = subprocess.run(keygen, capture_output=True, text=True, check=True).stdout.split()[1]
+    assert f"host a: the host key of {ADDRESSES['a']} is not known: {key[0]} {expected}" in message
+    assert "--trust-new-host-keys" in message
+    log = _log_since(sshd, offsets, "a")
+    assert "Connection from 10.0.77.2" in log  # it did connect, and went no further:
+    assert not [mark for mark in AUTH_MARKS if mark in log], log
+    assert empty.read_text() == ""
+    assert remote_dirs(sshd) == before
+
+
+def test_a_changed_host_key_is_refused_even_when_trusting_new_keys(
+    sshd: SshdLab, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "known_hosts"
+    b_key = " ".join((sshd.dir / "host_b.pub").read_text().split()[:2])
+    wrong.write_text(f"{ADDRESSES['a']} {b_key}\n")  # b's key written down for a
+    offsets = _log_offsets(sshd)
+    options = sshd.options(trust_new_host_keys=True, save_host_keys=True)
+    with pytest.raises(HostKeyRefused, match="has CHANGED") as caught:
+        Lab.up(
+            sshd.topology(known_hosts=wrong, hosts=("a",)),
+            backend_options={"ssh_options": options},
+        )
+    assert "ssh-keygen -R" in str(caught.value)
+    log = _log_since(sshd, offsets, "a")
+    assert not [mark for mark in AUTH_MARKS if mark in log], log
+    assert wrong.read_text() == f"{ADDRESSES['a']} {b_key}\n"
+
+
+def test_trusting_new_keys_is_explicit_and_saving_them_too(sshd: SshdLab, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    topology = sshd.topology(known_hosts=known, hosts=("a",))
+    trust = sshd.options(trust_new_host_keys=True)
+    with Lab.up(topology, backend_options={"ssh_options": trust}) as lab:
+        assert lab.hosts["a"].host_agent.info().uid == 0
+    assert known.read_text() == ""  # trusted for this run, not remembered
+    save = sshd.options(trust_new_host_keys=True, save_host_keys=True)
+    with Lab.up(topology, backend_options={"ssh_options": save}):
+        pass
+    key = " ".join((sshd.dir / "host_a.pub").read_text().split()[:2])
+    assert known.read_text() == f"{ADDRESSES['a']} {key}\n"
+    with Lab.up(topology, backend_options={"ssh_options": sshd.options()}):
+        pass  # now known: no opt-in needed
+
+
+CONTROLLER = """\
+import json, sys
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from harness import Lab
+from tests.integration.sshd import SshdLab, connect_from
+from harness._ssh import SshOptions
+from harness.topology import load_topology
+
+lab = Lab.up(load_topology({topology!r}),
+             backend_options={{"ssh_options": SshOptions(connect=connect_from({ctl!r}))}})
+for host in lab.hosts.values():
+    host.agent()  # a second application on each machine
+print(json.dumps({{n: h.handle.details["dir"] for n, h in lab.hosts.items()}}), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_controller_leaves_no_agent_and_no_directory(
+    sshd: SshdLab, tmp_path: Path
+) -> None:
+    topology = sshd.topology(hosts=("a", "c"))  # no services (the module's lab has them)
+    path = tmp_path / "over-ssh.yaml"
+    path.write_text(topology.text)
+    script = tmp_path / "controller.py"
+    script.write_text(CONTROLLER.format(repo=str(REPO), topology=str(path), ctl=sshd.ctl_netns))
+    controller = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert controller.stdout is not None
+        dirs = json.loads(controller.stdout.readline())
+        assert sorted(dirs) == ["a", "c"]
+        for name, directory in dirs.items():
+            assert Path(directory, "agent.pyz").exists()
+            assert len(agents_in(sshd, name, directory)) == 2
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            left = {n: agents_in(sshd, n, d) for n, d in dirs.items()} | {
+                d: Path(d).exists() for d in dirs.values()
+            }
+            if not any(left.values()):
+                break
+            time.sleep(0.1)
+        assert not any(left.values()), left
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+            controller.wait()
+        assert controller.stdin is not None
+        controller.stdin.close()
+        assert controller.stdout is not None
+        controller.stdout.close()
+
+
+def test_the_command_line_refuses_unknown_keys_unless_told_to_trust_them(
+    sshd: SshdLab, tmp_path: Path
+) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    path = tmp_path / "over-ssh.yaml"
+    path.write_text(sshd.topology(known_hosts=empty, port=9443).text)  # the module's lab has 8443
+    # The controller runs in the lab's `ctl` network (nsenter: that namespace only).
+    netharness = [sys.executable, "-m", "harness", "check"]
+    command = ["nsenter", f"--net={sshd.ctl_netns}", *netharness]
+    refused = subprocess.run(
+        [*command, str(path)], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert refused.returncode == 3
+    assert "is not known: ssh-ed25519 SHA256:" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    trust = [*command, str(path), "--trust-new-host-keys"]
+    trusted = subprocess.run(trust, capture_output=True, text=True, cwd=REPO, check=False)
+    assert trusted.returncode == 0, trusted.stderr
+    assert "5 expectations: 5 passed, 0 failed" in trusted.stdout
+    assert empty.read_text() == ""
+
+
+def test_a_machine_without_python3_gets_a_clear_error(sshd: SshdLab) -> None:
+    before = remote_dirs(sshd)
+    topology = sshd.topology(hosts=("a",), key=sshd.no_python_key)
+    with pytest.raises(BackendError) as caught:
+        Lab.up(topology, backend_options={"ssh_options": sshd.options()})
+    assert str(caught.value).startswith("host a: python3 is not installed there")
+    assert remote_dirs(sshd) == before
+
+
+def test_a_lab_mixes_ssh_hosts_with_namespaces(sshd: SshdLab) -> None:
+    text = sshd.topology(hosts=("a",)).text.replace(
+        "hosts:\n",
+        "  here: {subnet: 10.0.78.0/24}\nhosts:\n  h: {networks: {here: 10.0.78.5}}\n",
+    )
+    with Lab.up(
+        parse_topology(text, str(sshd.dir / "mixed.yaml")),
+        backend_options={"ssh_options": sshd.options()},
+    ) as lab:
+        h, a = lab.hosts["h"], lab.hosts["a"]
+        assert (h.handle.backend, a.handle.backend) == ("netns", "ssh")
+        assert h.handle.netns_path.startswith("/run/netns/")
+        wired = h.run(["ip", "-4", "-o", "addr", "show", "dev", "here"])
+        assert "10.0.78.5/24" in wired.stdout
+        assert a.host_agent.info().hostname
+    assert not Path(h.handle.netns_path).exists()
