@@ -10,16 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.rootns import snapshot
+from harness import naming
+from tests.integration.rootns import foreign_labs, snapshot
 
 LAN = Path(__file__).resolve().parents[2] / "topologies" / "lan.yaml"
 
 
 def our_namespaces() -> set[str]:
+    """Lab namespaces, less those of other runs' labs on a shared machine."""
     try:
-        return {n for n in os.listdir("/run/netns") if n.startswith("nh-")}
+        names = {n for n in os.listdir("/run/netns") if n.startswith("nh-")}
     except FileNotFoundError:
         return set()
+    foreign = foreign_labs()
+    return {n for n in names if not any(naming.is_lab_netns(lab, n) for lab in foreign)}
 
 
 def test_lab_fixture_brings_up_the_marked_topology(pytester: pytest.Pytester) -> None:

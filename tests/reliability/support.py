@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from harness import naming
+from harness import ledger, naming
 from tests.integration.rootns import RootSnapshot, foreign_labs, snapshot
 from tests.support import ROOT, netharness, start
 
@@ -35,6 +35,15 @@ def lab_namespaces() -> set[str]:
         return set()
     foreign = foreign_labs()  # other runs' labs on a shared machine
     return {n for n in names if not any(naming.is_lab_netns(lab, n) for lab in foreign)}
+
+
+def wait_for_lab_of(pid: int, within: float) -> None:
+    """Wait until process `pid` has a lab's ledger (another run's labs do not count)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if any(record.owner_pid == pid for record in ledger.list_labs()):
+            return
+        time.sleep(0.001)
 
 
 def wait_clean(before: RootSnapshot, within: float) -> tuple[float, list[str]]:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.rootns import snapshot
-from tests.reliability.support import LABS, ROOT, cycles, star, wait_clean
+from tests.reliability.support import ROOT, cycles, star, wait_clean, wait_for_lab_of
 
 pytestmark = pytest.mark.usefixtures("needs_root")
 BOUND = 2.0  # seconds from SIGINT to exit, teardown included
 
 
-def test_ctrl_c_during_up(tmp_path: Path) -> None:
+def test_ctrl_c_during_up(tmp_path: Path, spawned: list[subprocess.Popen[str]]) -> None:
     topology = star(tmp_path / "star50.yaml", 50)
     before = snapshot()
     for delay in [0.0, 0.02, 0.05, 0.1, 0.2][: cycles(3, 5)]:
@@ -28,10 +28,9 @@ def test_ctrl_c_during_up(tmp_path: Path) -> None:
             text=True,
             cwd=ROOT,
         )
+        spawned.append(proc)
         # Interrupt bring-up itself: once the lab's ledger exists, plus `delay`.
-        deadline = time.monotonic() + 10
-        while not any(LABS.glob("*/lab.json")) and time.monotonic() < deadline:
-            time.sleep(0.001)
+        wait_for_lab_of(proc.pid, within=10)
         time.sleep(delay)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -51,7 +50,9 @@ def test_ctrl_c_during_up(tmp_path: Path) -> None:
         assert left == [], f"left {elapsed:.2f} s after Ctrl-C at {delay} s: {left}"
 
 
-def test_ctrl_c_during_a_pytest_run(pytester: pytest.Pytester) -> None:
+def test_ctrl_c_during_a_pytest_run(
+    pytester: pytest.Pytester, spawned: list[subprocess.Popen[str]]
+) -> None:
     lan = ROOT / "topologies" / "lan.yaml"
     marker = pytester.path / "in-test"
     pytester.makepyfile(f"""
@@ -71,6 +72,7 @@ def test_ctrl_c_during_a_pytest_run(pytester: pytest.Pytester) -> None:
         text=True,
         cwd=pytester.path,
     )
+    spawned.append(proc)
     deadline = time.monotonic() + 30
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -85,7 +87,7 @@ def test_ctrl_c_during_a_pytest_run(pytester: pytest.Pytester) -> None:
     assert left == [], f"left after {elapsed:.2f} s: {left}"
 
 
-def test_ctrl_c_during_a_suite() -> None:
+def test_ctrl_c_during_a_suite(spawned: list[subprocess.Popen[str]]) -> None:
     before = snapshot()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "suite", "all", str(ROOT / "topologies" / "lan.yaml")],
@@ -94,9 +96,8 @@ def test_ctrl_c_during_a_suite() -> None:
         text=True,
         cwd=ROOT,
     )
-    deadline = time.monotonic() + 10
-    while not any(LABS.glob("*/lab.json")) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    spawned.append(proc)
+    wait_for_lab_of(proc.pid, within=10)
     time.sleep(0.5)  # bring-up is done by now: the suites are running
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)

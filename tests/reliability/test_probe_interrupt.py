@@ -18,7 +18,9 @@ pytestmark = pytest.mark.usefixtures("needs_root")
 STATES = ROOT / "tests" / "data" / "good" / "probe_states.yaml"
 
 
-def test_ctrl_c_while_check_waits_for_filtered_cells() -> None:
+def test_ctrl_c_while_check_waits_for_filtered_cells(
+    spawned: list[subprocess.Popen[str]],
+) -> None:
     before = snapshot()
     known = set(LABS.glob("*"))
     # A 30 s timeout: the dropped cells keep the agents busy long after bring-up.
@@ -29,12 +31,15 @@ def test_ctrl_c_while_check_waits_for_filtered_cells() -> None:
         text=True,
         cwd=ROOT,
     )
+    spawned.append(proc)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         mine = [p for p in LABS.glob("*/lab.json") if p.parent not in known and _owned(p, proc.pid)]
         if mine and '"state": "up"' in mine[0].read_text():
             break
         time.sleep(0.02)
+    else:
+        pytest.fail(f"the lab was not up within 60 s (labs of {proc.pid}: {mine})")
     time.sleep(1.0)  # up, and probing
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
@@ -45,7 +50,6 @@ def test_ctrl_c_while_check_waits_for_filtered_cells() -> None:
     assert "Traceback" not in err
     assert took < 5.0, f"{took:.1f} s from Ctrl-C to exit"
     # Only this lab counts: the machine is shared, other runs' labs come and go.
-    assert mine, "the lab never came up"
     lab = mine[0].parent.name
     elapsed, left = wait_clean(before, within=2.0)
     ours = [line for line in left if f"nh-{lab}" in line or f"ledger {lab}" in line]
