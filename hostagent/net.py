@@ -148,12 +148,14 @@ class Deadlines:
     def _fire(self) -> None:
         self.timer = None
         now = time.monotonic()
-        while self.items and (self.items[0].done or self.items[0].deadline <= now):
-            item = self.items.popleft()
-            if not item.done:
-                self.late = max(self.late, now - item.deadline)
-                self.on_expire(item)
-        self.arm()
+        try:
+            while self.items and (self.items[0].done or self.items[0].deadline <= now):
+                item = self.items.popleft()
+                if not item.done:
+                    self.late = max(self.late, now - item.deadline)
+                    self.on_expire(item)
+        finally:  # one item's failure must not leave the others without a timer
+            self.arm()
 
     def cancel(self) -> None:
         if self.timer is not None:
