@@ -84,7 +84,7 @@ def host_text(lab: Lab, host: LabHost) -> str:
             if local
             else (lambda: _on_machine(host, ["nft", "list", "ruleset"])),
         ),
-        (f"agents' log (last {LOG_TAIL} lines)", lambda: _log_tail(lab, host.name)),
+        (f"agents' log (last {LOG_TAIL} lines)", lambda: agent_log_tail(lab, host.name)),
         ("pcaps", lambda: _pcaps(lab, host)),
         ("faults in place", lambda: _faults(lab, host)),
     ]
@@ -179,12 +179,13 @@ def _on_machine(host: LabHost, argv: list[str]) -> str:
     return result.stdout
 
 
-def _log_tail(lab: Lab, host: str) -> str:
+def agent_log_tail(lab: Lab, host: str, count: int = LOG_TAIL) -> str:
+    """The last `count` lines of the log of `host`'s agents, headed by its path."""
     path = lab.ledger_dir / "logs" / f"{host}.agents.log"
     if not path.exists():
         return f"(no log at {path})"
     lines = path.read_text(errors="replace").splitlines()
-    return "\n".join([f"{path}:", *lines[-LOG_TAIL:]])
+    return "\n".join([f"{path}:", *lines[-count:]])
 
 
 def _pcaps(lab: Lab, host: LabHost) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
-from harness.errors import UsageError
+from harness.errors import AgentError, UsageError
 from harness.topology import Expectation, ProbeState
 
 if TYPE_CHECKING:
@@ -203,15 +203,24 @@ def probe_cells(
         budget = timeout * (len(indexes) // concurrency + 2)
         if slow:
             budget += len(indexes) * udp_interval
-        reply = agents[source].request_within(
-            "probe",
-            budget,
-            targets=targets,
-            timeout=timeout,
-            concurrency=concurrency,
-            ratelimited=slow,
-            udp_interval=udp_interval,
-        )
+        try:
+            reply = agents[source].request_within(
+                "probe",
+                budget,
+                targets=targets,
+                timeout=timeout,
+                concurrency=concurrency,
+                ratelimited=slow,
+                udp_interval=udp_interval,
+            )
+        except AgentError as exc:
+            if exc.errno != "ETIMEDOUT":
+                raise
+            # A probe that never answers is a bug in the agent: say what its log says.
+            from harness.diagnostics import agent_log_tail
+
+            tail = agent_log_tail(lab, source, 20)
+            raise AgentError(f"{exc}\n{tail}", errno=exc.errno, op=exc.op) from None
         # A sweep answers 65535 cells: read each distinct verdict once, build positionally.
         kinds = [
             (str(k["state"]), str(k["reason"]), k.get("errno"), k.get("from"))
