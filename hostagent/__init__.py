@@ -7,9 +7,12 @@ not share the controller's file system (containers, SSH).
 
 from __future__ import annotations
 
-import pathlib
+from typing import TYPE_CHECKING
 
 from hostagent.protocol import AGENT_NAME, PROTOCOL_VERSION
+
+if TYPE_CHECKING:  # pathlib costs agents ~10 ms of start-up; only build_zipapp needs it
+    import pathlib
 
 __all__ = ["AGENT_NAME", "PROTOCOL_VERSION", "ZIPAPP_NAME", "build_zipapp"]
 
@@ -32,6 +35,7 @@ def build_zipapp(dest: pathlib.Path) -> pathlib.Path:
     The file is replaced atomically; `python3 <file>` runs the agent on stdin/stdout.
     """
     import os
+    import pathlib
     import shutil
     import tempfile
     import zipapp
