@@ -210,6 +210,11 @@ class HostAgent:
         self.flush()
         while self.running:
             timeout = self._run_timers()
+            # What the timers wrote goes out now: with no timer left, select may wait for
+            # ever, and a reply made by a timer (a probe's last deadline) would wait too.
+            self.flush()
+            if not self.running:
+                break
             for key, mask in self.selector.select(timeout):
                 self._guard(key.data, mask)
                 if not self.running:
