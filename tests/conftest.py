@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 import pytest
@@ -27,6 +28,11 @@ def _checks_root(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     # Marks every process this run starts (xdist workers and lab owners inherit it).
     os.environ.setdefault(SESSION_VAR, uuid.uuid4().hex)
+    # A shell starts background jobs with SIGINT ignored, and programs they start inherit
+    # that: the tests that Ctrl-C a netharness process would see it do nothing. A handled
+    # signal is reset to the default on exec, so the processes tests start get Ctrl-C.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
