@@ -98,6 +98,16 @@ def foreign_labs() -> frozenset[str]:
     return frozenset(foreign)
 
 
+def lab_namespaces() -> set[str]:
+    """Lab namespaces (nh-*) in /run/netns, less those of other runs' live labs."""
+    try:
+        names = [n for n in os.listdir("/run/netns") if n.startswith("nh-")]
+    except FileNotFoundError:
+        return set()
+    foreign = foreign_labs()  # other runs' labs on a shared machine
+    return {n for n in names if not any(naming.is_lab_netns(lab, n) for lab in foreign)}
+
+
 def snapshot() -> RootSnapshot:
     with IPRoute() as ipr:
         links = frozenset((link["index"], link.get("ifname")) for link in ipr.link("dump"))

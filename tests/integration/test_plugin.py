@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,20 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import naming
-from tests.integration.rootns import foreign_labs, snapshot
+from tests.integration.rootns import lab_namespaces, snapshot
 
 LAN = Path(__file__).resolve().parents[2] / "topologies" / "lan.yaml"
-
-
-def our_namespaces() -> set[str]:
-    """Lab namespaces, less those of other runs' labs on a shared machine."""
-    try:
-        names = {n for n in os.listdir("/run/netns") if n.startswith("nh-")}
-    except FileNotFoundError:
-        return set()
-    foreign = foreign_labs()
-    return {n for n in names if not any(naming.is_lab_netns(lab, n) for lab in foreign)}
 
 
 def test_lab_fixture_brings_up_the_marked_topology(pytester: pytest.Pytester) -> None:
@@ -74,7 +62,7 @@ def test_keep_leaves_a_failed_tests_lab_up_and_says_how_to_enter(
         def test_passes(lab):
             pass
     """)
-    before = our_namespaces()
+    before = lab_namespaces()
     result = pytester.runpytest_subprocess("--netharness-keep")
     result.assert_outcomes(failed=1, passed=1)
     text = result.stdout.str()
@@ -82,7 +70,7 @@ def test_keep_leaves_a_failed_tests_lab_up_and_says_how_to_enter(
     assert match, text
     lab_id = match.group(1)
     try:
-        kept = our_namespaces() - before
+        kept = lab_namespaces() - before
         assert kept == {f"nh-{lab_id}"} | {f"nh-{lab_id}-{h}" for h in ("h1", "h2", "h3")}
     finally:
         down = subprocess.run(
@@ -93,7 +81,7 @@ def test_keep_leaves_a_failed_tests_lab_up_and_says_how_to_enter(
             timeout=30,
         )
     assert down.returncode == 0, down.stderr
-    assert our_namespaces() == before
+    assert lab_namespaces() == before
 
 
 # pytest-xdist with 8 workers: tests/reliability/test_parallel.py::test_xdist_with_eight_workers

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 
-from harness import naming
-from tests.integration.rootns import foreign_labs
+from tests.integration.rootns import lab_namespaces
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +21,4 @@ def python_examples() -> list[str]:
 def test_readme_python_example_runs(code: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    # Another run's labs on a shared machine are not this example's to clean.
-    foreign = foreign_labs()
-    left = [n for n in os.listdir("/run/netns") if n.startswith("nh-")]
-    assert not [n for n in left if not any(naming.is_lab_netns(lab, n) for lab in foreign)]
+    assert not lab_namespaces()  # (another run's labs on a shared machine are not ours)

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from harness import ledger, naming
-from tests.integration.rootns import RootSnapshot, foreign_labs, snapshot
+from harness import ledger
+from tests.integration.rootns import RootSnapshot, foreign_labs, lab_namespaces, snapshot
 from tests.support import ROOT, netharness, start
 
 LAN = ROOT / "topologies" / "lan.yaml"
@@ -26,15 +26,6 @@ def star(path: Path, hosts: int) -> Path:
     lines += [f"  h{i:03d}: {{networks: {{lan: auto}}}}" for i in range(1, hosts + 1)]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def lab_namespaces() -> set[str]:
-    try:
-        names = [n for n in os.listdir("/run/netns") if n.startswith("nh-")]
-    except FileNotFoundError:
-        return set()
-    foreign = foreign_labs()  # other runs' labs on a shared machine
-    return {n for n in names if not any(naming.is_lab_netns(lab, n) for lab in foreign)}
 
 
 def wait_for_lab_of(pid: int, within: float) -> None:
@@ -63,4 +54,4 @@ def wait_clean(before: RootSnapshot, within: float) -> tuple[float, list[str]]:
         time.sleep(0.01)
 
 
-__all__ = ["ROOT", "netharness", "start"]  # re-exported for the reliability tests
+__all__ = ["ROOT", "lab_namespaces", "netharness", "start"]  # re-exported for the reliability tests
