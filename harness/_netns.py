@@ -14,7 +14,10 @@ import errno
 import os
 from collections.abc import Iterator
 
-NETNS_RUN_DIR = "/run/netns"
+from hostagent.reaper import NETNS_RUN_DIR, inode, pids_in, remove
+
+__all__ = ["create", "entered", "inode", "netns_path", "pids_in", "remove", "setns"]
+
 CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MS_REC = 16384
@@ -86,24 +89,6 @@ def create(name: str) -> int:
         os.close(home)
 
 
-def remove(path: str) -> bool:
-    """Unmount and unlink a named namespace; False if it was already gone."""
-    _libc.umount2(path.encode(), _MNT_DETACH)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def inode(path: str) -> int | None:
-    """The namespace's identity (nsfs inode), or None if the path is gone."""
-    try:
-        return os.stat(path).st_ino
-    except FileNotFoundError:
-        return None
-
-
 @contextlib.contextmanager
 def entered(fd: int) -> Iterator[None]:
     """Run the body with the calling thread inside namespace `fd`, then come back."""
@@ -128,17 +113,3 @@ def write_sysctl(key: str, value: str) -> None:
     """Write a net.* sysctl of the namespace the calling thread is in."""
     with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
         f.write(value)
-
-
-def pids_in(inodes: set[int]) -> list[int]:
-    """Processes whose network namespace is one of `inodes` (like `ip netns pids`)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry.name}/ns/net").st_ino in inodes:
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found

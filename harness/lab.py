@@ -455,9 +455,21 @@ class Lab:
             started = time.perf_counter()
             self._created = time.time()
             # The reaper first: from here on, if this process dies, the lab is cleaned
-            # up (the fork server's sentinel runs `clean` for it), ledger included.
+            # up by the fork server's sentinel, ledger included.
             self._forkserver = ForkServerClient(
-                [sys.executable, "-m", "harness", "clean", "--lab", self.id, "--quiet"]
+                {
+                    "lab": self.id,
+                    "ledger": str(self._ledger.dir),
+                    "full_clean": [
+                        sys.executable,
+                        "-m",
+                        "harness",
+                        "clean",
+                        "--lab",
+                        self.id,
+                        "--quiet",
+                    ],
+                }
             )
             self._forkserver.start()
             self._ledger.open(self.describe())
@@ -502,7 +514,7 @@ class Lab:
     async def _join(self, record: _ledger.LabRecord) -> None:
         self._lifecycle = asyncio.Lock()
         async with self._lifecycle:
-            self._forkserver = ForkServerClient([])  # not ours to clean up if we die
+            self._forkserver = ForkServerClient(None)  # not ours to clean up if we die
             self._forkserver.start()
 
             def refuse(kind: str, name: str, attrs: dict[str, str]) -> None:

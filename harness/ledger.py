@@ -15,22 +15,19 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from harness import _netns, naming
 from harness.errors import CleanupError, HarnessError, LabNotFound
+from hostagent import reaper
 
 RUN_DIR = Path(os.environ.get("NETHARNESS_RUN_DIR", "/run/netharness"))
 LAB_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LAB_ID_LENGTH = 6
-ABSENT = "absent"  # ledger state of an object whose creation failed before it existed
+ABSENT = reaper.ABSENT  # ledger state of an object whose creation failed before it existed
 
 
 def labs_dir() -> Path:
@@ -38,6 +35,8 @@ def labs_dir() -> Path:
 
 
 def new_lab_id() -> str:
+    import secrets  # ~8 ms (OpenSSL's hashes) that `ls` and `down` need not pay
+
     first = secrets.choice(LAB_ID_ALPHABET[:26])  # ids start with a letter
     return first + "".join(secrets.choice(LAB_ID_ALPHABET) for _ in range(LAB_ID_LENGTH - 1))
 
@@ -113,8 +112,7 @@ class Ledger:
             self._lock_fd = None
 
 
-@dataclass(frozen=True)
-class LabRecord:
+class LabRecord(NamedTuple):
     """A lab found on this machine, as its ledger describes it."""
 
     id: str
@@ -134,15 +132,7 @@ class LabRecord:
         return time.time() - float(self.info.get("created", time.time()))
 
     def entries(self) -> list[dict[str, str]]:
-        try:
-            lines = (self.dir / "ledger.jsonl").read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            return []
-        entries = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                entries.append(json.loads(line))
-        return entries
+        return reaper.read_entries(str(self.dir))
 
 
 def owner_alive(lab_dir: Path) -> bool:
@@ -216,56 +206,24 @@ def find_lab(lab_id: str) -> LabRecord:
     return record
 
 
-def _ours(lab_id: str, entry: dict[str, str]) -> bool:
-    # Only names this lab would have made, directly under /run/netns: a ledger is data,
-    # and data that points elsewhere is refused rather than obeyed.
-    name = entry.get("name", "")
-    base = os.path.basename(name)
-    return name == _netns.netns_path(base) and naming.is_lab_netns(lab_id, base)
-
-
 def destroy_recorded(
     record: LabRecord, progress: Callable[[int, int], None] | None = None
 ) -> list[str]:
     """Remove every object in the ledger, then the ledger. Returns what it removed.
 
-    `progress(done, total)` is told of the namespaces as they go.
-
-    Kills processes still inside the lab's namespaces first (like `ip netns pids`), since
-    a namespace with a process in it lives on after its name is gone.
+    `progress(done, total)` is told of the namespaces as they go. Namespaces go by the
+    same rules and code as the fork server's sentinel uses (hostagent.reaper).
     """
     from harness.backends import clean_recorded  # backends import this module
 
     entries = record.entries()
     # Containers and other backends' hosts first: their processes go with them.
     removed: list[str] = clean_recorded(record.id, entries)
-    latest = {e["name"]: e for e in entries if e.get("kind") == "netns"}
-    # "absent": creation found the name taken (EEXIST), so that object was never ours.
-    namespaces = [
-        name for name, e in latest.items() if e.get("state") != ABSENT and _ours(record.id, e)
-    ]
-    inodes = {ino for path in namespaces if (ino := _netns.inode(path)) is not None}
-    if inodes:
-        for pid in _netns.pids_in(inodes):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    leftovers = []
-    if progress is not None:
-        progress(0, len(namespaces))
-    # Hosts first, the fabric last: deleting a host's namespace removes its veth pairs.
-    ordered = sorted(namespaces, key=lambda p: p.count("-"), reverse=True)
-    for done, path in enumerate(ordered, 1):
-        try:
-            if _netns.remove(path):
-                removed.append(f"netns {os.path.basename(path)}")
-        except OSError as exc:
-            leftovers.append(f"{path} ({exc.strerror})")
-        if progress is not None:
-            progress(done, len(ordered))
+    gone, leftovers = reaper.remove_namespaces(record.id, entries, progress)
     if leftovers:
         raise CleanupError(leftovers)
     shutil.rmtree(record.dir, ignore_errors=True)
-    return removed
+    return removed + gone
 
 
 def wait_gone(lab_dir: Path, timeout: float) -> bool:
@@ -273,7 +231,7 @@ def wait_gone(lab_dir: Path, timeout: float) -> bool:
     while lab_dir.exists():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.02)
+        time.sleep(0.005)  # a reaped lab goes within milliseconds
     return True
 
 

@@ -11,11 +11,18 @@ to be unique inside namespaces the lab owns: two labs of one topology never coll
 
 from __future__ import annotations
 
-import re
+from hostagent.reaper import HOST_NAME_RE, NETNS_PREFIX, is_lab_netns
+
+__all__ = [
+    "HOST_NAME_RE",
+    "NETNS_PREFIX",
+    "fabric_netns",
+    "fabric_port",
+    "host_netns",
+    "is_lab_netns",
+]
 
 IFNAMSIZ = 15  # Linux interface names: at most 15 bytes
-NETNS_PREFIX = "nh-"
-HOST_NAME_RE = r"[a-z][a-z0-9_-]*"
 
 
 def fabric_netns(lab_id: str) -> str:
@@ -31,9 +38,3 @@ def fabric_port(index: int) -> str:
     if len(name) > IFNAMSIZ:
         raise ValueError(f"too many ports for one fabric: {index}")
     return name
-
-
-def is_lab_netns(lab_id: str, name: str) -> bool:
-    """Whether `name` is a namespace name lab `lab_id` could have made."""
-    pattern = rf"{NETNS_PREFIX}{re.escape(lab_id)}(-{HOST_NAME_RE})?"
-    return re.fullmatch(pattern, name) is not None

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pathlib costs agents ~10 ms of start-up; only build_zipapp 
 __all__ = ["AGENT_NAME", "PROTOCOL_VERSION", "ZIPAPP_NAME", "build_zipapp"]
 
 ZIPAPP_NAME = f"{AGENT_NAME}-v{PROTOCOL_VERSION}.pyz"
-_NOT_SHIPPED = frozenset({"forkserver.py"})  # the netns backend's, never inside a host
+_NOT_SHIPPED = frozenset({"forkserver.py", "reaper.py"})  # the controller's, never in a host
 
 _ZIP_MAIN = """\
 import sys

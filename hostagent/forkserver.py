@@ -9,11 +9,12 @@ It is also the lab's reaper. Every child gets PR_SET_PDEATHSIG, so nothing it st
 outlives it. At start it forks a sentinel, a process in its own session that waits on a
 pipe only the fork server can write: an orderly end writes "o" and the sentinel just
 exits; any other end of the fork server (SIGKILL included) closes the pipe unwritten and
-the sentinel runs the clean-up command. The fork server ends without "o" when the
-controller's end of the socket closes without an orderly "exit" (the controller died),
-or, after "detach", on SIGTERM/SIGINT/SIGHUP: after "detach" it owns the lab instead of
-the controller, holds the lab's liveness lock and keeps the agents' controller-side pipes
-open (draining their output) until told to go.
+the sentinel reaps the lab itself (hostagent.reaper: its namespaces and ledger, in
+milliseconds, no interpreter start), handing only containers to the full clean command.
+The fork server ends without "o" when the controller's end of the socket closes without
+an orderly "exit" (the controller died), or, after "detach", on SIGTERM/SIGINT/SIGHUP:
+after "detach" it owns the lab instead of the controller, holds the lab's liveness lock
+and keeps the agents' controller-side pipes open (draining their output) until told to go.
 
 Messages, controller -> server:
   {"op": "spawn", "seq": n, "netns": path, "argv": [...] | null, "env": {...} | null,
@@ -30,6 +31,9 @@ server -> controller:
   {"seq": n, "pid": p} | {"seq": n, "error": msg, "errno": name}
   {"sentinel": p}                       first message: the sentinel's pid
   {"exited": p, "status": s}            s < 0: killed by signal -s
+
+Command line: FD [REAP_JSON], REAP_JSON = {"lab": id, "ledger": dir, "full_clean": argv}
+(what the sentinel reaps; without it, as for a lab joined by `attach`, nothing).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ import signal
 import socket
 import sys
 from typing import Any
+
+from hostagent import reaper
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
@@ -123,9 +129,9 @@ def _child(
 
 
 class ForkServer:
-    def __init__(self, control: socket.socket, on_orphan: list[str]) -> None:
+    def __init__(self, control: socket.socket, reap_plan: dict[str, Any] | None) -> None:
         self.control = control
-        self.on_orphan = on_orphan
+        self.reap_plan = reap_plan
         self.children: set[int] = set()
         self.kept: list[int] = []
         self.detached = False
@@ -147,7 +153,7 @@ class ForkServer:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _sentinel(read_end, write_end, self.on_orphan)
+            _sentinel(read_end, write_end, self.reap_plan)
         os.close(read_end)
         self.sentinel_pid, self.sentinel_pipe = pid, write_end
 
@@ -290,25 +296,27 @@ class ForkServer:
             self.send({"exited": pid, "status": _status(raw)})
 
     def finish(self) -> None:
-        for pid in self.children:
-            # Each child leads its own session: its group holds what it started too.
-            for kill in (os.killpg, os.kill):
-                with contextlib.suppress(OSError):
-                    kill(pid, signal.SIGKILL)
-        for pid in list(self.children):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        for fd in self.kept:
-            os.close(fd)
         if self.lock_fd is not None:
             os.close(self.lock_fd)  # the lab's owner is gone: the clean-up may take it
         if self.orderly:
             with contextlib.suppress(OSError):
                 os.write(self.sentinel_pipe, b"o")
-        os.close(self.sentinel_pipe)  # without "o": the sentinel cleans the lab up
+        # Without "o" the sentinel reaps the lab now: it kills whatever runs inside the
+        # lab's namespaces itself, so it need not wait for us to kill our children.
+        os.close(self.sentinel_pipe)
+        for pid in self.children:
+            # Each child leads its own session: its group holds what it started too.
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(OSError):
+                    kill(pid, signal.SIGKILL)
+        for fd in self.kept:
+            os.close(fd)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
-def _sentinel(read_end: int, write_end: int, on_orphan: list[str]) -> None:
+def _sentinel(read_end: int, write_end: int, plan: dict[str, Any] | None) -> None:
     """Runs in the forked sentinel; never returns."""
     try:
         os.setsid()  # signals meant for the fork server's session do not reach us
@@ -324,21 +332,27 @@ def _sentinel(read_end: int, write_end: int, on_orphan: list[str]) -> None:
                 break
             except InterruptedError:
                 continue
-        if word == b"o" or not on_orphan:
+        if word == b"o" or not plan:
             os._exit(0)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        os.execvp(on_orphan[0], on_orphan)
+        full_clean = [str(arg) for arg in plan.get("full_clean", [])]
+        try:
+            reaper.reap(str(plan["lab"]), str(plan["ledger"]), full_clean)
+        except Exception:  # whatever went wrong half-way, the full clean still runs
+            if full_clean:
+                os.execvp(full_clean[0], full_clean)
+        os._exit(0)
     except BaseException:
         os._exit(1)
 
 
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
-        sys.stderr.write("usage: python -m hostagent.forkserver FD [ON_ORPHAN_JSON]\n")
+        sys.stderr.write("usage: python -m hostagent.forkserver FD [REAP_JSON]\n")
         return 2
     control = socket.socket(fileno=int(argv[1]))
-    on_orphan = json.loads(argv[2]) if len(argv) > 2 else []
+    reap_plan = json.loads(argv[2]) if len(argv) > 2 else None
     # Imported once here, not in every child, and before a child drops to a user who may
     # not be able to read the interpreter's files: resource (agent limits) and the idna
     # codec (socket calls with str addresses) are imported lazily by the stdlib otherwise.
@@ -347,7 +361,7 @@ def main(argv: list[str]) -> int:
 
     import hostagent.agent  # noqa: F401
 
-    ForkServer(control, on_orphan).serve()
+    ForkServer(control, reap_plan).serve()
     return 0
 
 

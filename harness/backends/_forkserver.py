@@ -31,10 +31,15 @@ class ForkedProcess(FutureProcess):
 
 
 class ForkServerClient:
-    """One fork server per lab; it reaps the lab by running `on_orphan` if we die."""
+    """One fork server per lab; if we die, its sentinel reaps the lab.
 
-    def __init__(self, on_orphan: Sequence[str]) -> None:
-        self._on_orphan = list(on_orphan)
+    `reap` is what the sentinel removes then (hostagent.reaper.reap): {"lab": id,
+    "ledger": dir, "full_clean": argv for what needs more than the standard library};
+    None for a lab that is not ours to clean (joined with `attach`).
+    """
+
+    def __init__(self, reap: dict[str, Any] | None) -> None:
+        self._reap = reap
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._seq = 0
@@ -58,7 +63,7 @@ class ForkServerClient:
                     "-m",
                     "hostagent.forkserver",
                     str(theirs.fileno()),
-                    json.dumps(self._on_orphan),
+                    *([json.dumps(self._reap)] if self._reap else []),
                 ],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,

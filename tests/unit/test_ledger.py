@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import ledger
+from hostagent import reaper
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +98,7 @@ def test_teardown_refuses_ledger_entries_that_are_not_this_labs(run_dir: Path) -
         book.record("netns", name, {})
     book.release()
     record = ledger.find_lab("abcdej")
-    ours = [e["name"] for e in record.entries() if ledger._ours(record.id, e)]
+    ours = reaper.lab_namespaces(record.id, record.entries())
     assert ours == ["/run/netns/nh-abcdej-h1", "/run/netns/nh-abcdej"]
 
 
