@@ -16,18 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from harness import ledger as _ledger
+from harness._console import err, out
 from harness.cli_ssh import backend_options, host_key_options
 from harness.errors import HarnessError, LabNotFound, TopologyError, UsageError
 
 if TYPE_CHECKING:
     from harness.lab import Lab
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 json_option = click.option("--json", "json_out", is_flag=True, help="Print JSON for scripts.")
 topology_argument = click.argument("topology", type=click.Path(dir_okay=False, path_type=Path))
@@ -40,7 +37,41 @@ progress_option = click.option(
 )
 
 
+class LazyGroup(click.Group):
+    """A group whose larger commands live in their own modules, imported only when that
+    command runs or help lists it (the pattern click's docs give): `netharness down`
+    should not pay for importing graphviz output, image building and probes."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # command name -> "module:attribute"
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        import importlib
+
+        module, _, attribute = self.lazy[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+        return command
+
+
 @click.group(
+    cls=LazyGroup,
+    lazy={
+        "capture": "harness.cli_capture:capture",
+        "check": "harness.cli_probe:check",
+        "diagnose": "harness.cli_diagnose:diagnose",
+        "graph": "harness.cli_graph:graph",
+        "image": "harness.cli_image:image",
+        "matrix": "harness.cli_probe:matrix",
+        "probe": "harness.cli_probe:probe",
+    },
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 ok, 1 a check failed, 2 bad input, 3 environment, 130 interrupted.",
 )
@@ -151,6 +182,8 @@ def _announce_up(lab: Lab, owner: int, json_out: bool) -> None:
         f"lab [bold]{lab.id}[/bold] is up: topology {lab.topology.name!r}, "
         f"{len(hosts)} hosts in {lab.timings['up'] * 1000:.0f} ms (owner pid {owner})"
     )
+    from rich.table import Table
+
     table = Table("host", "namespace", "addresses", box=None, pad_edge=False)
     for name, host in list(hosts.items())[:SHOWN_HOSTS]:
         addrs = "  ".join(f"{net}: {', '.join(a)}" for net, a in host["addresses"].items())
@@ -188,6 +221,8 @@ def list_labs(json_out: bool) -> None:
     if not rows:
         out.print("no labs")
         return
+    from rich.table import Table
+
     table = Table("lab", "topology", "owner", "age", "hosts", box=None, pad_edge=False)
     for row in rows:
         owner = f"{row['owner_pid']}" if row["alive"] else f"{row['owner_pid']} (dead: run clean)"
@@ -428,7 +463,7 @@ def suite(
     if json_out:
         _print_json(checks_json(lab.id, checks))
     else:
-        print_checks(out, checks, title=f"lab {lab.id}: {', '.join(names)}")
+        print_checks(out.console, checks, title=f"lab {lab.id}: {', '.join(names)}")
     if not checks or not all(c.passed for c in checks):
         raise SystemExit(1)
 
@@ -439,25 +474,6 @@ def schema() -> None:
     from harness.topology import topology_schema
 
     _print_json(topology_schema())
-
-
-def _register_commands() -> None:
-    # Commands whose bodies live in their own modules, imported when they run.
-    from harness.cli_capture import capture
-    from harness.cli_diagnose import diagnose
-    from harness.cli_graph import graph
-    from harness.cli_image import image
-    from harness.cli_probe import COMMANDS as PROBE_COMMANDS
-
-    app.add_command(graph)
-    app.add_command(capture)
-    app.add_command(diagnose)
-    app.add_command(image)
-    for command in PROBE_COMMANDS:
-        app.add_command(command)
-
-
-_register_commands()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ import click
 def capture(lab: str, target: str, output: Path | None, duration: float | None) -> None:
     """Record a network (`lan`) or a host's interface (`h1:eth0`) of a running lab to a
     pcap file, from the lab's fabric: nothing runs inside the hosts."""
-    from harness.cli import err, out
+    from harness._console import err, out
     from harness.lab import Lab
 
     file = output or Path(f"{lab}-{target.replace(':', '.')}.pcap")

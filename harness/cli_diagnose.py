@@ -11,7 +11,7 @@ import click
 def diagnose(lab: str, hosts: tuple[str, ...]) -> None:
     """Print each host's links, routes, sockets, nft ruleset, agent log and pcaps, as a
     failing pytest test reports them (all hosts, or the ones named)."""
-    from harness.cli import out
+    from harness._console import out
     from harness.errors import UsageError
     from harness.lab import Lab
 

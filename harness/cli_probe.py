@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
+from harness._console import out
 from harness.cli_ssh import backend_options, host_key_options
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
     from harness.lab import Lab
 
-out = Console(highlight=False, soft_wrap=True)
 
 json_option = click.option("--json", "json_out", is_flag=True, help="Print JSON for scripts.")
 timeout_option = click.option(
@@ -130,7 +129,7 @@ def matrix(
     if json_out:
         _print_json(matrix_json(lab, results))
         return
-    print_table(out, results, title=f"lab {lab}: observed")
+    print_table(out.console, results, title=f"lab {lab}: observed")
 
 
 @click.command()
@@ -169,9 +168,6 @@ def check(
     if json_out:
         _print_json(report.to_json())
     else:
-        print_check(out, report, lab_gone=is_file)
+        print_check(out.console, report, lab_gone=is_file)
     if not report.passed:
         raise SystemExit(1)
-
-
-COMMANDS = (probe, matrix, check)

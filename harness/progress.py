@@ -19,10 +19,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TextIO, TypeVar
 
 if TYPE_CHECKING:  # rich is imported when a Display is made: labs alone never need it
     from rich.console import Console
@@ -31,7 +30,10 @@ if TYPE_CHECKING:  # rich is imported when a Display is made: labs alone never n
 T = TypeVar("T")
 MIN_HOSTS = 20  # smaller labs come up in well under a second: no bar, no lines
 PLAIN_STEPS = 4  # plain lines per phase besides its start: every quarter
-WATCH_INTERVAL = 0.1
+WATCH_INTERVAL = 0.1  # how often `down` reports namespaces removed
+# Variables that make rich treat a pipe as a terminal.
+FORCING_VARIABLES = frozenset({"FORCE_TERMINAL", "FORCE_COLOR", "TTY_COMPATIBLE"})
+POLL_INTERVAL = 0.005  # how often it looks whether the lab is gone: reaping takes ms
 # How each phase reads on screen.
 DESCRIPTIONS = {
     "hosts": "hosts created",
@@ -42,8 +44,7 @@ DESCRIPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """`done` of `total` steps of `phase` of lab `lab` are finished."""
 
     lab: str
@@ -112,9 +113,7 @@ class Display:
     use `callback` as Lab.up's `progress=`. Safe to call from any thread."""
 
     def __init__(self, console: Console | None = None, plain: TextIO | None = None) -> None:
-        from rich.console import Console
-
-        self._console = console or Console(stderr=True)
+        self._console = console
         self._plain_out = plain or sys.stderr
         self._lock = threading.Lock()
         self._bar: Progress | None = None
@@ -123,24 +122,31 @@ class Display:
 
     @property
     def terminal(self) -> bool:
+        if self._console is None:
+            # Plain lines need no rich: only import it (~50 ms) when it may draw a bar.
+            if not (sys.stderr.isatty() or FORCING_VARIABLES & os.environ.keys()):
+                return False
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
         return self._console.is_terminal
 
     def __enter__(self) -> Display:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
         if self.terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=self._console,
+                console=self._console,  # set by `terminal`
                 transient=False,
             )
             self._bar.start()
@@ -209,11 +215,15 @@ def watch_removal(
     deadline = time.monotonic() + timeout
     total = len(namespaces)
     callback(Event(lab, "removed", 0, total))
+    report = time.monotonic() + WATCH_INTERVAL
     while not gone():
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             return False
-        left = sum(1 for path in namespaces if os.path.exists(path))
-        callback(Event(lab, "removed", total - left, total))
-        time.sleep(WATCH_INTERVAL)
+        if now >= report:
+            left = sum(1 for path in namespaces if os.path.exists(path))
+            callback(Event(lab, "removed", total - left, total))
+            report = now + WATCH_INTERVAL
+        time.sleep(POLL_INTERVAL)
     callback(Event(lab, "removed", total, total))
     return True
