@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.reliability.support import cpu_hogs
+
 
 @pytest.fixture
 def spawned() -> Iterator[list[subprocess.Popen[str]]]:
@@ -18,3 +20,14 @@ def spawned() -> Iterator[list[subprocess.Popen[str]]]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+@pytest.fixture(params=["quiet", "busy"])
+def load(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test twice: as the machine is, and with every core busy (a CPU hog per
+    core), since CI may run on a loaded machine and the bounds are guarantees."""
+    if request.param == "quiet":
+        yield "quiet"
+        return
+    with cpu_hogs():
+        yield "busy"

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("needs_root")
 BOUND = 2.0  # seconds from SIGINT to exit, teardown included
 
 
-def test_ctrl_c_during_up(tmp_path: Path, spawned: list[subprocess.Popen[str]]) -> None:
+def test_ctrl_c_during_up(tmp_path: Path, spawned: list[subprocess.Popen[str]], load: str) -> None:
     topology = star(tmp_path / "star50.yaml", 50)
     before = snapshot()
     for delay in [0.0, 0.02, 0.05, 0.1, 0.2][: cycles(3, 5)]:
@@ -51,7 +51,7 @@ def test_ctrl_c_during_up(tmp_path: Path, spawned: list[subprocess.Popen[str]]) 
 
 
 def test_ctrl_c_during_a_pytest_run(
-    pytester: pytest.Pytester, spawned: list[subprocess.Popen[str]]
+    pytester: pytest.Pytester, spawned: list[subprocess.Popen[str]], load: str
 ) -> None:
     lan = ROOT / "topologies" / "lan.yaml"
     marker = pytester.path / "in-test"
@@ -66,7 +66,19 @@ def test_ctrl_c_during_a_pytest_run(
     """)
     before = snapshot()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(pytester.path)],
+        # Without hypothesis's plugin (installed for our own fuzz tests): at the end of
+        # every run it imports all of hypothesis, ~0.5 s quiet and 1.5 s on a busy machine,
+        # which is not netharness's teardown and not in a user's run.
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:hypothesispytest",
+            str(pytester.path),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -87,7 +99,7 @@ def test_ctrl_c_during_a_pytest_run(
     assert left == [], f"left after {elapsed:.2f} s: {left}"
 
 
-def test_ctrl_c_during_a_suite(spawned: list[subprocess.Popen[str]]) -> None:
+def test_ctrl_c_during_a_suite(spawned: list[subprocess.Popen[str]], load: str) -> None:
     before = snapshot()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "suite", "all", str(ROOT / "topologies" / "lan.yaml")],

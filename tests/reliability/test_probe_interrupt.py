@@ -19,7 +19,7 @@ STATES = ROOT / "tests" / "data" / "good" / "probe_states.yaml"
 
 
 def test_ctrl_c_while_check_waits_for_filtered_cells(
-    spawned: list[subprocess.Popen[str]],
+    spawned: list[subprocess.Popen[str]], load: str
 ) -> None:
     before = snapshot()
     known = set(LABS.glob("*"))

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("needs_root")
 NETNS_BOUND = 1.0  # seconds: a namespace lab is gone this long after its owner died
 
 
-def test_kill_at_random_points_of_bring_up_and_running(tmp_path: Path) -> None:
+def test_kill_at_random_points_of_bring_up_and_running(tmp_path: Path, load: str) -> None:
     """`netharness up` of 20 hosts, SIGKILLed at a random moment, cycle after cycle."""
     topology = star(tmp_path / "star20.yaml", 20)
     rng = random.Random(20261123)
@@ -47,14 +47,14 @@ def test_kill_at_random_points_of_bring_up_and_running(tmp_path: Path) -> None:
         else:
             killed_during["bring-up"] += 1
         elapsed, left = wait_clean(before, within=NETNS_BOUND)
-        assert left == [], f"cycle {cycle}: left after {elapsed:.2f} s: {left}"
+        assert left == [], f"{load}, cycle {cycle}: left after {elapsed:.2f} s: {left}"
         worst = max(worst, elapsed)
     assert worst <= NETNS_BOUND
     assert killed_during["bring-up"], killed_during  # both kinds of kill happened
     assert killed_during["running"], killed_during
 
 
-def test_agents_exit_within_a_second_of_their_controllers_death() -> None:
+def test_agents_exit_within_a_second_of_their_controllers_death(load: str) -> None:
     program = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
@@ -78,4 +78,4 @@ time.sleep(60)
         time.sleep(0.01)
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
     elapsed, left = wait_clean(before, within=NETNS_BOUND)
-    assert left == [], f"left after {elapsed:.2f} s: {left}"
+    assert left == [], f"{load}: left after {elapsed:.2f} s: {left}"
