@@ -719,11 +719,14 @@ class Lab:
             owner_pid=owner, reaper_pid=self._forkserver.sentinel_pid, state="up", detached=True
         )
         self._ledger.write_info(info)
-        for agent in self._agents:
+
+        async def drop(agent: Agent) -> None:
             # The fork server holds copies of the pipes, so the agents see no EOF; we
             # only drop our ends (timeout 0: no point waiting for output to end).
             with contextlib.suppress(AgentError, OSError):
                 await agent.channel.aclose(timeout=0)
+
+        await asyncio.gather(*map(drop, self._agents))  # a few loop turns each: not in turn
         self._agents.clear()
         return owner
 
