@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-FIRST = ["bringup", "connections", "probe", "docker_hosts"]  # the rest follow by name
+FIRST = ["bringup", "reaping", "connections", "probe", "docker_hosts"]  # the rest follow by name
 TIMEOUT = 600.0
 
 
