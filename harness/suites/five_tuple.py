@@ -935,15 +935,27 @@ class _Mapping:
 
 def _map(conns: Sequence[Conn], served: Sequence[Served], echoes: Sequence[Echo]) -> _Mapping:
     server_side = Counter(s.mirrored for s in served)
+    # An echo pairs a flow with the server's account of that very flow: where there is
+    # one, it decides. The server holding the client's tuple does not: behind a NAT a
+    # router's own flow can leave with the very address and port the NAT already gave a
+    # flow it translated, and is then itself remapped.
+    moved_by_echo = {
+        (e.conn.host, e.conn.pid, e.conn.sock): (e.served.peer, e.served.local)
+        != (e.conn.local, e.conn.peer)
+        for e in echoes
+    }
     per_host: dict[str, list[int]] = {}
     identical = 0
     for conn in conns:
         counts = per_host.setdefault(conn.host, [0, 0])
-        if server_side.get(conn.five_tuple):
+        moved = moved_by_echo.get((conn.host, conn.pid, conn.sock))
+        if moved is None:
+            moved = not server_side.get(conn.five_tuple)
+        if moved:
+            counts[1] += 1
+        else:
             identical += 1
             counts[0] += 1
-        else:
-            counts[1] += 1
     translated = len(conns) - identical
     # One server-side tuple per client tuple: what is left on each side pairs up exactly.
     unexplained = abs((sum(server_side.values()) - identical) - translated)
