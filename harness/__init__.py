@@ -13,6 +13,7 @@ from harness.errors import (
     HarnessError,
     LabNotFound,
     TopologyError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ __all__ = [
     "LabNotFound",
     "Topology",
     "TopologyError",
+    "UsageError",
     "__version__",
     "load_topology",
 ]

@@ -171,7 +171,7 @@ class Batch:
                 self._sock.sendall(b"".join(message for _s, message, _h, _w in chunk))
                 failures = self._acks({seq for seq, *_ in chunk})
             except OSError as exc:
-                raise BackendError(f"netlink: {exc.strerror}", code=exc.errno) from exc
+                raise BackendError.from_os(exc, "netlink") from exc
             if failures and first is None:
                 by_seq = {seq: (host, what) for seq, _m, host, what in chunk}
                 seq, code = min(failures)

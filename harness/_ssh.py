@@ -133,11 +133,8 @@ def _connect(host: str, target: SshTarget, options: SshOptions) -> socket.socket
     try:
         return connect(target.address, target.port, options.timeout)
     except OSError as exc:
-        raise BackendError(
-            f"cannot connect to {target.address} port {target.port}: {exc.strerror or exc}",
-            host=host,
-            code=exc.errno,
-        ) from None
+        where = f"cannot connect to {target.address} port {target.port}"
+        raise BackendError.from_os(exc, where, host=host) from None
 
 
 def _tcp(address: str, port: int, timeout: float) -> socket.socket:

@@ -228,7 +228,7 @@ def fabric_port(lab_id: str, host_netns: str, ifname: str, label: str) -> str:
     try:
         return _on_own_thread(lookup)
     except OSError as exc:
-        raise BackendError(f"cannot look up {label}: {exc.strerror}", code=exc.errno) from exc
+        raise BackendError.from_os(exc, f"cannot look up {label}") from exc
 
 
 def tcpdump() -> str:

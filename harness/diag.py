@@ -114,11 +114,8 @@ def sockets_in(
     try:
         return _on_own_thread(dump)
     except OSError as exc:
-        raise BackendError(
-            f"sock_diag {proto}/IPv{family} in {label or netns_path}: {exc.strerror or exc}",
-            host=label,
-            code=exc.errno,
-        ) from exc
+        what = f"sock_diag {proto}/IPv{family} in {label or netns_path}"
+        raise BackendError.from_os(exc, what, host=label) from exc
 
 
 def _through_agent(

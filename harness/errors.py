@@ -2,6 +2,7 @@
 
     HarnessError                 anything the library raises on purpose
     ├── TopologyError            bad input: carries every problem found (file:line:col)
+    ├── UsageError               a call or command that cannot be (unknown host, lab not up)
     ├── EnvironmentProblem       the machine cannot run a lab (not root, missing tool, ...)
     ├── BackendError             a backend or netlink operation failed (host, errno)
     │   └── HostKeyRefused       an ssh host's key is unknown or changed (before auth)
@@ -77,6 +78,11 @@ class BackendError(HarnessError):
         if code:
             parts.append(f" ({_errno.errorcode.get(code, str(code))}: {_strerror(code)})")
         super().__init__("".join(parts))
+
+    @classmethod
+    def from_os(cls, exc: OSError, what: str, *, host: str | None = None) -> BackendError:
+        """The one mapping of an `OSError` at the seam: what failed, the errno kept."""
+        return cls(f"{what}: {exc.strerror or exc}", host=host, code=exc.errno)
 
 
 class HostKeyRefused(BackendError):

@@ -37,7 +37,7 @@ def _os_errors(host: str | None, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise BackendError(f"{what}: {exc.strerror}", host=host, code=exc.errno) from exc
+        raise BackendError.from_os(exc, what, host=host) from exc
 
 
 class Fabric:

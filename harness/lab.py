@@ -36,9 +36,11 @@ from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.errors import (
     AgentError,
+    BackendError,
     EnvironmentProblem,
     HarnessError,
     LabNotFound,
+    UsageError,
 )
 from harness.fabric import Fabric, wire_all
 from harness.faults import Fault, Faults, Link
@@ -82,12 +84,12 @@ class LabHost:
         if network is not None:
             interfaces = tuple(i for i in interfaces if i.network == network)
             if not interfaces:
-                raise HarnessError(f"host {self.name} is not on network {network!r}")
+                raise UsageError(f"host {self.name} is not on network {network!r}")
         for interface in interfaces:
             address = interface.address if family == 4 else interface.address6
             if address is not None:
                 return str(address.ip)
-        raise HarnessError(
+        raise UsageError(
             f"host {self.name} has no IPv{family} address on {network or 'any network'}"
         )
 
@@ -125,21 +127,21 @@ class LabHost:
         (docs/topology.md); a suite that sets one restores it when done.
         """
         if value is not None and key not in SYSCTLS:
-            raise HarnessError(
+            raise UsageError(
                 f"{key} is not one of the sysctls netharness sets: {', '.join(SYSCTLS)}"
             )
         if self._lab._state != "up":
-            raise HarnessError(f"lab {self._lab.id} is not up")
+            raise UsageError(f"lab {self._lab.id} is not up")
         path = self.handle.netns_path
         if not path:  # an existing machine (ssh): read it there, never change it
             if value is not None:
-                raise HarnessError(
+                raise UsageError(
                     f"host {self.name} is an existing machine reached over {self.handle.backend}"
                     f": netharness does not change its sysctls ({key})"
                 )
             result = self.run(["cat", "/proc/sys/" + key.replace(".", "/")])
             if result.returncode != 0:
-                raise HarnessError(f"host {self.name}: cannot read {key}: {result.stderr}")
+                raise BackendError(f"cannot read {key}: {result.stderr}", host=self.name)
             return " ".join(result.stdout.split())
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # setns is per thread
             return pool.submit(_sysctl_in, path, key, value).result()
@@ -270,7 +272,7 @@ class Lab:
 
     def start(self) -> None:
         if self._state != "new":
-            raise HarnessError(f"lab {self.id} was already started")
+            raise UsageError(f"lab {self.id} was already started")
         if self.backend_name is not None:
             check_backend_name(self.backend_name)
         _check_environment()
@@ -306,10 +308,10 @@ class Lab:
         raises before that, the lab is torn down rather than left running unannounced.
         """
         if self._state != "up":
-            raise HarnessError(f"lab {self.id} is not up")
+            raise UsageError(f"lab {self.id} is not up")
         remote = [n for n, h in self.hosts.items() if not _netns_backed(h.handle.backend)]
         if remote:
-            raise HarnessError(
+            raise UsageError(
                 f"hosts {', '.join(remote)} are driven over ssh by this process, so the lab "
                 "cannot outlive it; run `netharness suite`/`check` on the topology instead"
             )
@@ -332,7 +334,7 @@ class Lab:
         agent = self._host_agents.get(host)
         if agent is None or agent.process.returncode is not None:
             if host not in self.hosts:
-                raise HarnessError(f"lab {self.id} has no host {host!r}")
+                raise UsageError(f"lab {self.id} has no host {host!r}")
             agent = self.hosts[host].agent()
             self._host_agents[host] = agent
         return agent
@@ -422,7 +424,7 @@ class Lab:
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._state != "up":
             coro.close()
-            raise HarnessError(f"lab {self.id} is not up (state: {self._state})")
+            raise UsageError(f"lab {self.id} is not up (state: {self._state})")
         return self._runner.run(coro)
 
     def describe(self) -> dict[str, Any]:
@@ -518,14 +520,14 @@ class Lab:
             self._forkserver.start()
 
             def refuse(kind: str, name: str, attrs: dict[str, str]) -> None:
-                raise HarnessError(f"an attached lab creates no {kind} ({name})")
+                raise UsageError(f"an attached lab creates no {kind} ({name})")
 
             hosts = {}
             for spec in self.topology.hosts.values():
                 info = record.info["hosts"][spec.name]
                 backend = info.get("backend") or "netns"
                 if not _netns_backed(backend):
-                    raise HarnessError(
+                    raise UsageError(
                         f"lab {self.id} has {backend} hosts ({spec.name}): only the process "
                         "that brought it up can drive them"
                     )

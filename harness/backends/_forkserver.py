@@ -92,7 +92,7 @@ class ForkServerClient:
         try:
             self._sock.sendmsg([data], ancillary)
         except OSError as exc:
-            raise BackendError(f"fork server: {exc.strerror}", code=exc.errno) from exc
+            raise BackendError.from_os(exc, "fork server") from exc
         finally:
             self._sock.setblocking(False)
 

@@ -180,9 +180,7 @@ class SpawnedProcess(FutureProcess):
             return cls(sock, int(reply["pid"]))
         except OSError as exc:
             sock.close()
-            raise BackendError(
-                f"cannot reach the spawner: {exc}", host=host, code=exc.errno
-            ) from None
+            raise BackendError.from_os(exc, "cannot reach the spawner", host=host) from None
         except BaseException:
             sock.close()
             raise

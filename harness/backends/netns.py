@@ -46,9 +46,8 @@ class NetnsBackend(Backend):
                 code=exc.errno,
             ) from exc
         except OSError as exc:
-            raise BackendError(
-                f"cannot create namespace {name}: {exc.strerror}", host=host.name, code=exc.errno
-            ) from exc
+            what = f"cannot create namespace {name}"
+            raise BackendError.from_os(exc, what, host=host.name) from exc
         try:
             with _netns.entered(fd):
                 # Addresses are usable at once: no duplicate address detection in a lab.

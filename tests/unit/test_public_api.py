@@ -21,6 +21,7 @@ def test_exported_names() -> None:
         "LabNotFound",
         "Topology",
         "TopologyError",
+        "UsageError",
         "__version__",
         "load_topology",
     ]
@@ -37,6 +38,7 @@ def test_errors_form_one_tree() -> None:
         "EnvironmentProblem",
         "LabNotFound",
         "TopologyError",
+        "UsageError",
     ):
         assert issubclass(getattr(harness, name), harness.HarnessError)
 
