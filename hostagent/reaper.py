@@ -192,7 +192,9 @@ def reap(lab_id: str, ledger_dir: str, full_clean: Sequence[str]) -> None:
         return
     lock = take_lock(ledger_dir, LOCK_WAIT)
     if lock is None:
-        return  # its owner is alive: not ours to touch
+        if os.path.exists(os.path.join(ledger_dir, "lock")) or not full_clean:
+            return  # its owner is alive: not ours to touch
+        os.execvp(full_clean[0], list(full_clean))  # a ledger without a lock: clean decides
     try:
         entries = read_entries(ledger_dir)
         _removed, leftovers = remove_namespaces(lab_id, entries)
