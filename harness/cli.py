@@ -268,22 +268,25 @@ def down(lab: str, timeout: float, progress: bool | None) -> None:
             f"lab {lab} belongs to a running program (pid {record.owner_pid}); it goes down "
             "when that program ends it. Stop that program instead."
         )
+    # Read before the signal: the sentinel removes the ledger within milliseconds.
+    namespaces = [e["name"] for e in record.entries() if e.get("kind") == "netns"]
     pid = record.owner_pid
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    if not _wait_down(record, timeout, progress):
+    if not _wait_down(record, namespaces, timeout, progress):
         raise HarnessError(f"lab {lab} did not go down within {timeout} s; try `netharness clean`")
     out.print(f"lab {lab} is down")
 
 
-def _wait_down(record: _ledger.LabRecord, timeout: float, progress: bool | None) -> bool:
+def _wait_down(
+    record: _ledger.LabRecord, namespaces: list[str], timeout: float, progress: bool | None
+) -> bool:
     from harness import progress as _progress
 
     with _progress.shown(len(record.info.get("hosts", {})), progress) as callback:
         if callback is None:
             return _ledger.wait_gone(record.dir, timeout)
-        namespaces = [e["name"] for e in record.entries() if e.get("kind") == "netns"]
         return _progress.watch_removal(record.id, namespaces, record.dir, timeout, callback)
 
 
