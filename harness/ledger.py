@@ -78,10 +78,12 @@ class Ledger:
         labs_dir().mkdir(parents=True, exist_ok=True)
         building = labs_dir() / f".{self.lab_id}.new"
         building.mkdir()
-        (building / "logs").mkdir()
+        # Locked at once; until then the build looks abandoned, which is why
+        # `remove_stale_builds` leaves young builds alone.
         fd = os.open(building / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._lock_fd = fd
+        (building / "logs").mkdir()
         (building / "lab.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         try:
             building.rename(self.dir)  # fails if the id is taken: never share a ledger
@@ -186,11 +188,24 @@ def list_labs() -> list[LabRecord]:
     return [record for d in dirs if d.is_dir() and (record := read_lab(d)) is not None]
 
 
+STALE_BUILD_AGE = 10.0  # seconds: a ledger is renamed into place milliseconds after its start
+
+
 def remove_stale_builds() -> list[str]:
-    """Remove ledgers a crash left half-built (before their rename into place)."""
+    """Remove ledgers a crash left half-built (before their rename into place).
+
+    Only builds older than `STALE_BUILD_AGE`: between its directory and its lock, a build
+    in progress looks exactly like an abandoned one. Removing one there took the lock
+    file from under a concurrent `up`, whose lab then ran without one, and the next
+    `clean` took it for dead and removed it while it ran.
+    """
     removed = []
     for path in labs_dir().glob(".*.new") if labs_dir().exists() else []:
-        if is_lab_id(path.name[1:-4]):
+        try:
+            young = time.time() - path.stat().st_mtime < STALE_BUILD_AGE
+        except FileNotFoundError:
+            continue  # renamed into place meanwhile
+        if is_lab_id(path.name[1:-4]) and not young:
             with locked(path) as free:
                 if free:
                     shutil.rmtree(path, ignore_errors=True)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,16 @@ def test_find_lab_names_the_running_labs(run_dir: Path) -> None:
         assert json.loads((book.dir / "lab.json").read_text())["topology"] == "lan"
     finally:
         book.release()
+
+
+def test_only_old_abandoned_builds_are_removed(run_dir: Path) -> None:
+    young = ledger.labs_dir() / ".abcdem.new"
+    old = ledger.labs_dir() / ".abcden.new"
+    for build in (young, old):
+        build.mkdir(parents=True)
+        (build / "lock").touch()  # a build between its lock file and its lock looks so
+    long_ago = time.time() - ledger.STALE_BUILD_AGE - 5
+    os.utime(old, (long_ago, long_ago))
+    assert ledger.remove_stale_builds() == [".abcden.new"]
+    assert young.exists()
+    assert not old.exists()
