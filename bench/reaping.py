@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rawnet
+from bringup import star
 
 from harness import ledger
 from harness.topology import parse_topology
@@ -45,11 +46,6 @@ lab = Lab.up(sys.argv[1])
 print(lab.id, flush=True)
 time.sleep(600)
 """
-
-
-def star(n: int) -> str:
-    hosts = "".join(f"  h{i:03d}: {{networks: {{lan: auto}}}}\n" for i in range(1, n + 1))
-    return f"name: star{n}\nnetworks:\n  lan: {{subnet: 10.0.0.0/16}}\nhosts:\n{hosts}"
 
 
 def gone(lab: str) -> bool:

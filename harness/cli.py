@@ -269,7 +269,7 @@ def down(lab: str, timeout: float, progress: bool | None) -> None:
             "when that program ends it. Stop that program instead."
         )
     # Read before the signal: the sentinel removes the ledger within milliseconds.
-    namespaces = [e["name"] for e in record.entries() if e.get("kind") == "netns"]
+    namespaces = record.namespaces()
     pid = record.owner_pid
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):

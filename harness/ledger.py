@@ -136,6 +136,10 @@ class LabRecord(NamedTuple):
     def entries(self) -> list[dict[str, str]]:
         return reaper.read_entries(str(self.dir))
 
+    def namespaces(self) -> list[str]:
+        """The namespace paths its ledger may remove (hostagent.reaper's rule)."""
+        return reaper.lab_namespaces(self.id, self.entries())
+
 
 def owner_alive(lab_dir: Path) -> bool:
     try:

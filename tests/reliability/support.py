@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness import ledger, naming
+from harness import ledger
 from tests.integration.rootns import RootSnapshot, foreign_labs, lab_namespaces, snapshot
 from tests.support import ROOT, netharness, start
 
@@ -44,16 +44,8 @@ def wait_for_lab_of(pid: int, within: float) -> None:
 def lab_leftovers(before: RootSnapshot) -> list[str]:
     """What a reaper removes and this run's labs still hold: namespaces not there before
     and ledgers. Cheap (a directory listing each), so a wait can poll it every few ms."""
+    left = [f"namespaces: new {name}" for name in sorted(lab_namespaces() - before.namespaces)]
     foreign = foreign_labs()
-    try:
-        names = {n for n in os.listdir("/run/netns") if n not in before.namespaces}
-    except FileNotFoundError:
-        names = set()
-    left = [
-        f"namespaces: new {name}"
-        for name in sorted(names)
-        if not any(naming.is_lab_netns(lab, name) for lab in foreign)
-    ]
     ledgers = sorted(p.name for p in LABS.glob("*") if p.name not in foreign)
     return left + [f"ledger {name}" for name in ledgers]
 
