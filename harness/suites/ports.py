@@ -25,6 +25,12 @@ On a lab without one they report verdict "error" naming the sysctl to add, e.g.
 `privileged-port-eacces` runs on `privileged_host` (default: the server, or the first host
 that has privileged ports) and binds `privileged_port` (default: the highest privileged
 port, ip_unprivileged_port_start - 1).
+
+The checks that count TIME_WAIT sockets (`reuseaddr-time-wait` on the server,
+`ephemeral-*` on the client) set `net.ipv4.tcp_rfc1337 = 1` there for their duration, as
+they set a small ip_local_port_range: otherwise a RST (drawn by a FIN sent again because
+its ACK was late, as on a loaded machine) ends a TIME_WAIT early. Existing machines keep
+their settings.
 """
 
 from __future__ import annotations
@@ -189,7 +195,7 @@ def run(
                     check.error(str(exc))
                     continue
                 check.observe(ok=ok, observed=observed, evidence=evidence)
-        with _small_range(ctx, ephemeral_host) as host:
+        with _small_range(ctx, ephemeral_host) as host, _time_wait_kept(ctx, host):
             _ephemeral(ctx, rec, host, selected)
     finally:
         ctx.close()
@@ -219,6 +225,21 @@ def _small_range(ctx: _Context, ephemeral_host: str | None) -> Iterator[str | No
         return
     with _sysctl_for_check(ctx, settable[0], "net.ipv4.ip_local_port_range", SUITE_RANGE):
         yield settable[0]
+
+
+@contextlib.contextmanager
+def _time_wait_kept(ctx: _Context, host: str | None) -> Iterator[None]:
+    """TIME_WAIT that only its timer ends, on `host` for one check. With tcp_rfc1337 = 0
+    (Linux's default) a RST kills a TIME_WAIT socket (RFC 1337's "TIME-WAIT assassination"):
+    on a loaded machine an ACK late by more than the peer's retransmission timeout makes
+    the peer send its FIN again, the second ACK finds no socket there and draws a RST, and
+    the port is free a minute early. The checks that count TIME_WAIT sockets turn RFC 1337's
+    remedy on for their duration on the host they watch (not on existing machines)."""
+    if host is None or not ctx.lab.hosts[host].handle.netns_path:
+        yield
+        return
+    with _sysctl_for_check(ctx, host, "net.ipv4.tcp_rfc1337", "1"):
+        yield
 
 
 class _Unavailable(HarnessError):
@@ -554,6 +575,11 @@ def _time_wait_after_server_close(
 
 
 def _reuseaddr_time_wait(ctx: _Context, options: _Options) -> Judgement:
+    with _time_wait_kept(ctx, ctx.server):
+        return _judge_reuseaddr_time_wait(ctx)
+
+
+def _judge_reuseaddr_time_wait(ctx: _Context) -> Judgement:
     listener, waiting, connection = _time_wait_after_server_close(ctx, reuseaddr=True)
     port = listener.port
     new = ctx.agent(ctx.server)
@@ -1073,9 +1099,10 @@ def _ephemeral_time_wait(ctx: _Context, state: _Exhaustion) -> Judgement:
             f"TIME_WAIT on ports {in_time_wait}, expected {ports} (states: {dict(states)})"
         )
     client = ctx.agent(state.host)
-    tw_reuse = client.request("sysctl", names=["net.ipv4.tcp_tw_reuse"])["values"].get(
-        "net.ipv4.tcp_tw_reuse"
-    )
+    settings = client.request("sysctl", names=["net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_rfc1337"])[
+        "values"
+    ]
+    tw_reuse = settings.get("net.ipv4.tcp_tw_reuse")
     try:
         again = show(client.connect("tcp", *target).local)
         result = "connected"
@@ -1099,6 +1126,7 @@ def _ephemeral_time_wait(ctx: _Context, state: _Exhaustion) -> Judgement:
             "client_host": state.host,
             "kernel_sockets": [f"{s.state} {show(s.local)} {show(s.peer)}" for s in rows],
             "tcp_tw_reuse": tw_reuse,
+            "tcp_rfc1337": settings.get("net.ipv4.tcp_rfc1337"),
             "new_connection": {"result": result, "from": again},
         },
     )

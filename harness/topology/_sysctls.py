@@ -148,6 +148,12 @@ SYSCTLS: Mapping[str, Sysctl] = {
             _choice(0, 1, 2),
         ),
         Sysctl(
+            "net.ipv4.tcp_rfc1337",
+            "TIME-WAIT sockets ignore RSTs, RFC 1337 (0 off, 1 on)",
+            "1",
+            _choice(0, 1),
+        ),
+        Sysctl(
             "net.ipv4.tcp_syn_retries",
             "SYN retransmissions before connect() gives up (1-127)",
             "2",

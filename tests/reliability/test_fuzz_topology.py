@@ -732,6 +732,7 @@ SYSCTL_VALUES: dict[str, list[Any]] = {
     "net.ipv4.ip_unprivileged_port_start": [0, 80, 1024, "443"],
     "net.ipv4.tcp_fin_timeout": [1, 30, 3600],
     "net.ipv4.tcp_tw_reuse": [0, 1, 2],
+    "net.ipv4.tcp_rfc1337": [0, 1],
     "net.ipv4.tcp_syn_retries": [1, 127],
     "net.core.somaxconn": [0, 4096, 2**31 - 1],
 }
