@@ -27,7 +27,7 @@ Lines starting with `target:` are the issue's targets, each marked met or missed
 Where bring-up time goes (star100, py-spy, under load): creating the namespaces (unshare
 and bind mount, kernel work the raw limit pays too) about 30 %; wiring about 60 %, on a
 worker thread: the veth pairs, links, addresses and routes in batched requests
-(harness/_rtnl.py; mostly kernel time) and four sysctl writes per host (ICMP rate
+(harness/core/_rtnl.py; mostly kernel time) and four sysctl writes per host (ICMP rate
 limits; ~0.2 ms each in a new namespace, plus two accept_dad writes at creation; a second
 thread for them made it slower on 2 cores). Agents start meanwhile through the fork
 server and are ready before the wiring ends. At 10 hosts the fork server's own start (a
@@ -53,7 +53,8 @@ from pathlib import Path
 
 import rawnet
 
-from harness import Lab, _netns
+from harness import Lab
+from harness.core import _netns
 from harness.topology import Topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,9 +37,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness import Lab, diag, load_topology
-from harness.suites import five_tuple
-from harness.suites._base import pick_roles, target_address
+from harness import Lab, load_topology
+from harness.checks.suites import five_tuple
+from harness.checks.suites._base import pick_roles, target_address
+from harness.observe import diag
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = {"blocking": 7101, "asyncio": 7102, "one blocking process": 7103}

@@ -29,7 +29,7 @@ from typing import Any
 
 from harness import Lab
 from harness.backends.docker import CREATORS
-from harness.image import DEFAULT_IMAGE, engine, require
+from harness.core.image import DEFAULT_IMAGE, engine, require
 from harness.topology import parse_topology
 
 RATIO_TARGET = 1.5

@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
 from harness import Lab
-from harness.probe import Cell, probe_cells
+from harness.checks.probe import Cell, probe_cells
 from harness.topology import parse_topology
 
 OPEN = (22, 80, 443, 8080, 40000)

@@ -2,7 +2,7 @@
 batched netlink requests and nothing else: no agents, no ledger, no fork server.
 
 This is the floor the harness is measured against: the same kernel objects as a lab of
-the netns backend, each request packed once (harness._rtnl) and sent with the others for
+the netns backend, each request packed once (harness.core._rtnl) and sent with the others for
 its namespace in one system call per chunk, in the fewest rounds the kernel allows (the
 fabric makes the veths, then each host configures its ends).
 """
@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from harness import _netns, _rtnl
+from harness.core import _netns, _rtnl
 from harness.topology import Topology
 
 FIRST_INDEX = 1000

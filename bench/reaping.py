@@ -32,7 +32,7 @@ from pathlib import Path
 import rawnet
 from bringup import star
 
-from harness import ledger
+from harness.core import ledger
 from harness.topology import parse_topology
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from harness import Lab, load_topology
-from harness.probe import check
-from harness.probe_report import print_check
-from harness.report import print_checks
-from harness.suites import SUITES, run_suite
+from harness.checks.probe import check
+from harness.checks.probe_report import print_check
+from harness.checks.report import print_checks
+from harness.checks.suites import SUITES, run_suite
 
 THREE_TIER = Path(__file__).resolve().parents[1] / "topologies" / "three-tier.yaml"
 # Wide enough for IPv6 endpoints even when make pipes the output (no terminal: 80 cols).

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from harness.lab import Lab, LabHost
     from harness.topology import Topology, load_topology
 
-__version__ = "0.1.0"
+from harness._version import __version__
 
 
 def __getattr__(name: str) -> object:

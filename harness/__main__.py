@@ -2,6 +2,6 @@
 
 import sys
 
-from harness._entry import main
+from harness.cli._entry import main
 
 sys.exit(main())

@@ -1,5 +1,5 @@
 """`sock_diag`: the kernel's list of the host's sockets, for hosts the controller cannot
-enter (ssh: existing machines), where `harness.diag` has no namespace to open a netlink
+enter (ssh: existing machines), where `harness.observe.diag` has no namespace to open a netlink
 socket in. Same source as `ss`: NETLINK_SOCK_DIAG, spoken with the socket module.
 
     > {"id": 3, "op": "sock_diag", "proto": "tcp", "family": 4, "states": 1024}

@@ -2,7 +2,7 @@
 
 The fork server's sentinel runs `reap` the moment a lab's owner dies: it is already a
 forked, imported process, so a dead lab's namespaces are gone in milliseconds instead of
-after a fresh interpreter has imported the controller. `harness.ledger.destroy_recorded`
+after a fresh interpreter has imported the controller. `harness.core.ledger.destroy_recorded`
 (teardown, `down`, `clean`) removes namespaces with the same functions, so there is one
 rule for what a ledger may remove:
 

@@ -38,11 +38,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness import _netns, naming
 from harness.backends._docker_pump import Pump, Stream
 from harness.backends.base import AGENT, Backend, FutureProcess, HostHandle, Process, Stdio
+from harness.core import _netns, naming
+from harness.core.ledger import ABSENT
 from harness.errors import BackendError, CleanupError, EnvironmentProblem
-from harness.ledger import ABSENT
 from harness.topology import Host
 
 LAB_LABEL = "netharness.lab"
@@ -238,7 +238,7 @@ class DockerBackend(Backend):
     def client(self) -> Any:
         with self._client_lock:
             if self._client is None:
-                from harness.image import engine
+                from harness.core.image import engine
 
                 self._client = engine()
             return self._client
@@ -249,7 +249,7 @@ class DockerBackend(Backend):
 
     def _create(self, host: Host) -> HostHandle:
 
-        from harness.image import DEFAULT_IMAGE, require
+        from harness.core.image import DEFAULT_IMAGE, require
 
         client = self.client()
         image = host.image or DEFAULT_IMAGE
@@ -541,7 +541,7 @@ def remove_recorded(lab_id: str, entries: list[dict[str, str]]) -> list[str]:
     ]
     if not names:
         return []
-    from harness.image import engine
+    from harness.core.image import engine
 
     try:
         client = engine()
@@ -558,7 +558,7 @@ def run_attached(container: str, argv: list[str], env: dict[str, str]) -> int:
     returns its exit code. Ctrl-C is passed on to the command."""
     from docker.errors import DockerException
 
-    from harness.image import engine
+    from harness.core.image import engine
 
     client = engine()
     pump = Pump("netharness-exec")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from harness import _netns, naming
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.core import _netns, naming
+from harness.core.ledger import ABSENT
 from harness.errors import BackendError
-from harness.ledger import ABSENT
 from harness.topology import Host
 
 

@@ -8,7 +8,7 @@ agent zipapp, uploaded by SFTP and checked by its SHA-256. Each agent runs as
 when the connection drops because the controller died.
 
 The host has no network namespace on this machine: its handle's `netns_path` is empty,
-the fabric leaves it alone, and `harness.diag` asks its agent for the kernel's sockets.
+the fabric leaves it alone, and `harness.observe.diag` asks its agent for the kernel's sockets.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 
 import paramiko
 
-from harness import _ssh
-from harness._ssh import SshOptions
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.core import _ssh
+from harness.core._ssh import SshOptions
 from harness.errors import BackendError
 from harness.topology import Host
 

@@ -27,8 +27,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 def docker_ready() -> None:
     """Fail (not skip) with the reason when the docker backend cannot run here."""
+    from harness.core.image import DEFAULT_IMAGE, engine, require
     from harness.errors import EnvironmentProblem
-    from harness.image import DEFAULT_IMAGE, engine, require
 
     try:
         client = engine()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from harness import ledger, naming
 from harness.backends.docker import LAB_LABEL
+from harness.core import ledger, naming
 
 # Set once per test run (tests/conftest.py) and inherited by every process the run starts,
 # lab owners included: labs whose owner lacks it belong to another run on this machine.

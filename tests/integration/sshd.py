@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Lab, _netns
-from harness._ssh import SshOptions
+from harness import Lab
+from harness.core import _netns
+from harness.core._ssh import SshOptions
 from harness.topology import Topology, parse_topology
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from harness import Lab, load_topology
-from harness.capture import count_packets
 from harness.errors import AgentError, UsageError
+from harness.observe.capture import count_packets
 
 TOPOLOGY = """
 name: captured

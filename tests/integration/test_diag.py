@@ -1,4 +1,4 @@
-"""harness.diag: the kernel's view of a host's sockets, read by sock_diag in its namespace."""
+"""harness.observe.diag: the kernel's view of a host's sockets, by sock_diag in its netns."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import Lab, diag
+from harness import Lab
 from harness.errors import BackendError
+from harness.observe import diag
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"
 

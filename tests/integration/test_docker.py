@@ -18,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from harness import Lab, ledger
+from harness import Lab
 from harness.backends.docker import HOST_LABEL, LAB_LABEL
-from harness.image import DEFAULT_IMAGE
+from harness.core import ledger
+from harness.core.image import DEFAULT_IMAGE
 from harness.topology import parse_topology
 from tests.support import ROOT, netharness
 
@@ -164,7 +165,8 @@ def test_containers_of_a_killed_controller_are_gone_within_ten_seconds(engine: A
     program = f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from harness import Lab, ledger
+from harness import Lab
+from harness.core import ledger
 lab = Lab.up({str(ROOT / "topologies" / "lan.yaml")!r}, backend="docker")
 agents = [lab.hosts[h].agent() for h in lab.hosts]
 print(lab.id, flush=True)
@@ -228,7 +230,7 @@ def test_image_build_reuses_a_current_image_and_calls_another_recipe_stale(
     import io
     import tarfile
 
-    from harness.image import RECIPE_LABEL, machine_recipe, status
+    from harness.core.image import RECIPE_LABEL, machine_recipe, status
 
     reused = netharness("image", "build")
     assert reused.returncode == 0, reused.stderr

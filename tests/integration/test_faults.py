@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from harness import Lab
-from harness._faultops import namespace_state
-from harness.agent import Agent
+from harness.core.agent import Agent
 from harness.errors import AgentError, AgentGone, EnvironmentProblem, UsageError
+from harness.observe._faultops import namespace_state
 from harness.topology import parse_topology
 from tests.support import ROOT, netharness
 

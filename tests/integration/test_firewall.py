@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from harness import Lab
-from harness.agent import Agent
+from harness.checks.probe import check
+from harness.core.agent import Agent
 from harness.errors import AgentError
-from harness.probe import check
 from harness.topology import load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]

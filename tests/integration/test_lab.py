@@ -143,7 +143,7 @@ def test_a_failed_bring_up_unwinds_and_spares_what_is_not_ours() -> None:
     fd = None
     try:
         os.makedirs("/run/netns", exist_ok=True)
-        from harness import _netns
+        from harness.core import _netns
 
         fd = _netns.create(foreign)
         with pytest.raises(BackendError, match="already exists"):
@@ -155,7 +155,7 @@ def test_a_failed_bring_up_unwinds_and_spares_what_is_not_ours() -> None:
     finally:
         if fd is not None:
             os.close(fd)
-        from harness import _netns
+        from harness.core import _netns
 
         _netns.remove(f"/run/netns/{foreign}")
     assert before.difference(snapshot()) == []

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks.probe import Cell, check, matrix, probe, probe_cells
 from harness.lab import Lab
-from harness.probe import Cell, check, matrix, probe, probe_cells
 from harness.topology import load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from harness import Lab
-from harness.progress import Event
+from harness.lab.progress import Event
 
 HOSTS = 24  # above the default threshold (20), small enough to stay quick
 

@@ -11,7 +11,7 @@ from ipaddress import ip_interface
 import pytest
 from pyroute2 import IPRoute
 
-from harness import _netns, _rtnl
+from harness.core import _netns, _rtnl
 from harness.errors import BackendError
 
 

@@ -20,9 +20,12 @@ from typing import Any
 
 import pytest
 
-from harness import Lab, _netns, diag, probe
+from harness import Lab
+from harness.checks import probe
+from harness.checks.suites import run_suite
+from harness.core import _netns
 from harness.errors import BackendError, HostKeyRefused
-from harness.suites import run_suite
+from harness.observe import diag
 from harness.topology import parse_topology
 from tests.integration.sshd import ADDRESSES, SshdLab
 
@@ -183,7 +186,7 @@ sys.path.insert(0, {repo!r})
 from pathlib import Path
 from harness import Lab
 from tests.integration.sshd import SshdLab, connect_from
-from harness._ssh import SshOptions
+from harness.core._ssh import SshOptions
 from harness.topology import load_topology
 
 lab = Lab.up(load_topology({topology!r}),

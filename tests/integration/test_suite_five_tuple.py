@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import Lab, diag
+from harness import Lab
+from harness.checks.suites import Check, checks_of, five_tuple, run_suite
 from harness.errors import AgentError
-from harness.suites import Check, checks_of, five_tuple, run_suite
+from harness.observe import diag
 from harness.topology import parse_topology
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "topologies"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.checks.suites import Check, checks_of, run_suite
+from harness.checks.suites import multiplexing as mx
 from harness.errors import UsageError
 from harness.lab import Lab
-from harness.suites import Check, checks_of, run_suite
-from harness.suites import multiplexing as mx
 from harness.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[2]

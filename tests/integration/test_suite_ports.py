@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from harness.checks.suites import Check, checks_of, ports, run_suite
 from harness.errors import UsageError
 from harness.lab import Lab
-from harness.suites import Check, checks_of, ports, run_suite
 from harness.topology import load_topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[2]

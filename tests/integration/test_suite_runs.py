@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.suites import SUITES, checks_of
+from harness.checks.suites import SUITES, checks_of
 from tests.integration.rootns import foreign_labs
 from tests.support import ROOT, netharness
 

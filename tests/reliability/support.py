@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness import ledger
+from harness.core import ledger
 from tests.integration.rootns import RootSnapshot, foreign_labs, lab_namespaces, snapshot
 from tests.support import ROOT, netharness, start
 

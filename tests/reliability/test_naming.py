@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import string
 
-from harness import naming
-from harness.ledger import is_lab_id, new_lab_id
+from harness.core import naming
+from harness.core.ledger import is_lab_id, new_lab_id
 from tests.reliability.support import cycles
 
 HOST_CHARS = string.ascii_lowercase + string.digits + "-_"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import _netns
+from harness.core import _netns
 from tests.reliability.support import LABS, LAN, lab_namespaces, netharness
 
 pytestmark = pytest.mark.usefixtures("needs_root")

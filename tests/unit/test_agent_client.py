@@ -1,4 +1,4 @@
-"""harness.agent: the async channel and the synchronous facade, against real agent processes."""
+"""harness.core.agent: the async channel and the sync facade, against real agent processes."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness._loop import LoopThread
-from harness.agent import Agent, AgentChannel, AgentInfo, Echo, SocketInfo
+from harness.core._loop import LoopThread
+from harness.core.agent import Agent, AgentChannel, AgentInfo, Echo, SocketInfo
 from harness.errors import AgentError, AgentGone
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""harness.capture's pure parts: targets from a topology, counting frames of a live pcap."""
+"""harness.observe.capture's pure parts: targets from a topology, counting frames of a live pcap."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.capture import PcapCounter, Target, count_packets, parse_target, targets_of
 from harness.errors import UsageError
+from harness.observe.capture import PcapCounter, Target, count_packets, parse_target, targets_of
 from harness.topology import parse_topology
 
 TOPOLOGY = """

@@ -6,8 +6,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from harness._ssh import SshOptions
-from harness.cli_ssh import backend_options, host_key_options
+from harness.cli.ssh import backend_options, host_key_options
+from harness.core._ssh import SshOptions
 from harness.errors import UsageError
 from tests.support import netharness
 

@@ -9,7 +9,7 @@ from typing import Any, cast
 import pytest
 
 from harness.errors import BackendError, UsageError
-from harness.faults import Faults, _all, _loss_script, _partition_script, parse_rate
+from harness.observe.faults import Faults, _all, _loss_script, _partition_script, parse_rate
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from harness.errors import BackendError, EnvironmentProblem
-from harness.firewall import Target, apply_all, compile_policy, compile_rule
+from harness.lab.firewall import Target, apply_all, compile_policy, compile_rule
 from harness.topology import Firewall, FirewallRule, parse_topology
 
 TEXT = """\
@@ -195,7 +195,7 @@ def test_a_policy_on_a_host_without_a_local_namespace_is_refused_before_anything
 def test_without_nft_on_the_controller_the_lab_stops_with_an_environment_problem(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("harness.firewall.shutil.which", lambda name: None)
+    monkeypatch.setattr("harness.lab.firewall.shutil.which", lambda name: None)
     web = parse_topology(TEXT).hosts["web"]
     with pytest.raises(EnvironmentProblem, match="apt-get install nftables") as caught:
         asyncio.run(apply_all(None, [Target(web, "/run/netns/x", local=True)]))  # type: ignore[arg-type]

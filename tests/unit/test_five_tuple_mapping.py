@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.suites.five_tuple import Conn, Echo, Served, _map
+from harness.checks.suites.five_tuple import Conn, Echo, Served, _map
 
 SERVER = ("198.18.0.12", 443)
 ROUTER = "198.18.0.1"

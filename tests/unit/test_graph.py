@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.graph import MatrixCell, render, render_matrix_svg, topology_dot
+from harness.checks.graph import MatrixCell, render, render_matrix_svg, topology_dot
 from harness.topology import load_topology, parse_topology
 from tests.support import ROOT, netharness
 

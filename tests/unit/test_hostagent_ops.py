@@ -385,7 +385,7 @@ def test_many_connections_in_flight_at_once(agent: RawAgent) -> None:
     assert agent.ok("info")["sockets"] == 1 + 2 * count
 
 
-# ---- sock_diag: the kernel's socket list, as harness.diag reads it locally --------------
+# ---- sock_diag: the kernel's socket list, as harness.observe.diag reads it locally --------------
 
 LISTEN, ESTABLISHED, CLOSE = 10, 1, 7
 

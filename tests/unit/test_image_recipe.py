@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.image import HARNESS_PACKAGES, PACKAGES, Recipe, machine_recipe
+from harness.core.image import HARNESS_PACKAGES, PACKAGES, Recipe, machine_recipe
 
 SOURCES = (("/etc/apt/sources.list.d/debian.sources", "Types: deb\nSuites: bookworm\n"),)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ledger
+from harness.core import ledger
 from hostagent import reaper
 
 

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from harness.errors import UsageError
-from harness.probe import (
+from harness.checks.probe import (
     CheckReport,
     ProbeResult,
     Verdict,
@@ -18,7 +17,8 @@ from harness.probe import (
     reproduce_command,
     target_address,
 )
-from harness.probe_report import print_check
+from harness.checks.probe_report import print_check
+from harness.errors import UsageError
 from harness.topology import parse_topology
 
 

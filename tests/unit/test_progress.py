@@ -1,4 +1,4 @@
-"""harness.progress: events from phases, shown as plain lines or as a rich bar, cheaply."""
+"""harness.lab.progress: events from phases, shown as plain lines or as a rich bar, cheaply."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 from rich.console import Console
 
-from harness.progress import Display, Event, Phase, guarded, wanted
+from harness.lab.progress import Display, Event, Phase, guarded, wanted
 
 
 def test_a_phase_reports_its_start_every_step_and_its_end() -> None:

@@ -1,4 +1,4 @@
-"""Batched rtnetlink messages: packed by harness._rtnl, read back by pyroute2's parser."""
+"""Batched rtnetlink messages: packed by harness.core._rtnl, read back by pyroute2's parser."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-from harness import _rtnl
+from harness.core import _rtnl
 from harness.errors import BackendError
 
 
