@@ -340,7 +340,7 @@ class Lab:
             self._host_agents[host] = agent
         return agent
 
-    # -- faults (harness/observe/faults.py) ---------------------------------------------------------
+    # -- faults (harness/observe/faults.py) -------------------------------------------------
 
     def link(self, host: str, network: str) -> Link:
         """`host`'s cable to `network`: `.down()`, `.up()`, `.loss(%)`, `.rate("4mbit")`."""
