@@ -10,14 +10,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.lab._lab import CommandResult, Lab, LabHost
+    from harness.lab._lab import Lab, LabHost
+    from harness.lab.runtime import CommandResult
 
 
 def __getattr__(name: str) -> object:
-    if name in ("Lab", "LabHost", "CommandResult"):
+    if name in ("Lab", "LabHost"):
         from harness.lab import _lab
 
         return getattr(_lab, name)
+    if name == "CommandResult":
+        from harness.lab.runtime import CommandResult
+
+        return CommandResult
     raise AttributeError(f"module 'harness.lab' has no attribute {name!r}")
 
 

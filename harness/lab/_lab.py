@@ -17,19 +17,18 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from harness.backends import check_backend_name, create_backend
 from harness.backends._forkserver import ForkServerClient
-from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.backends.base import Backend, HostHandle
 from harness.core import _netns
 from harness.core import ledger as _ledger
 from harness.core._loop import LoopThread
-from harness.core.agent import Agent, AgentChannel
+from harness.core.agent import Agent
 from harness.errors import (
     AgentError,
     BackendError,
@@ -41,8 +40,8 @@ from harness.errors import (
 from harness.lab import firewall as _firewall
 from harness.lab import progress as _progress
 from harness.lab import teardown as _teardown
-from harness.lab._pipes import communicate
 from harness.lab.fabric import Fabric, wire_all
+from harness.lab.runtime import Agents, CommandResult, HostRuntime
 from harness.observe import capture as _capture
 from harness.observe.faults import Fault, Faults, Link
 from harness.topology import SYSCTLS, Host, Topology, load_topology, parse_topology
@@ -51,23 +50,14 @@ AGENT_CLOSE_TIMEOUT = 1.0
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    """What a command run inside a host did."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 class LabHost:
     """A host of a running lab: its addresses, its agents, commands run inside it."""
 
-    def __init__(self, lab: Lab, spec: Host, handle: HostHandle) -> None:
+    def __init__(self, lab: Lab, spec: Host, handle: HostHandle, runtime: HostRuntime) -> None:
         self._lab = lab
         self.spec = spec
         self.handle = handle
+        self.runtime = runtime  # start agents and commands, open services: lab/runtime.py
 
     @property
     def name(self) -> str:
@@ -105,21 +95,21 @@ class LabHost:
     @property
     def host_agent(self) -> Agent:
         """The agent started with the host at bring-up; it holds the topology's services."""
-        return self._lab._host_agents[self.name]
+        return self._lab.host_agent(self.name)
 
     def agent(self, user: str | None = None) -> Agent:
         """Start a new agent process in this host: a new application with its own pid.
 
         `user` (a name or uid) runs it as that unprivileged user instead of root.
         """
-        return self._lab._run(self._lab._start_agent(self, user))
+        return self.runtime.call(self.runtime.start_agent(user))
 
     def run(
         self, argv: Sequence[str], timeout: float = 30.0, input: str | bytes | None = None
     ) -> CommandResult:
         """Run a command inside the host, feeding it `input`, and collect its output."""
         data = input.encode() if isinstance(input, str) else input
-        return self._lab._run(self._lab._run_command(self, list(argv), timeout, data))
+        return self.runtime.call(self.runtime.run_command(list(argv), timeout, data))
 
     def sysctl(self, key: str, value: str | None = None) -> str:
         """Read a network sysctl inside this host; with `value`, also set it.
@@ -186,11 +176,10 @@ class Lab:
         self._forkserver: ForkServerClient | None = None
         self._backends: dict[str, Backend] = {}  # one instance per backend name in use
         self._fabric: Fabric | None = None
-        self._agents: list[Agent] = []
+        self._agents = Agents()
         self._lifecycle: asyncio.Lock | None = None
         self._state = "new"  # new → starting → up → down | detached
         self._created = 0.0
-        self._host_agents: dict[str, Agent] = {}
         self._attached: _ledger.LabRecord | None = None  # set when joined, not owned
         self._progress = _progress.guarded(progress) if progress is not None else None
         self.timings: dict[str, float] = {}
@@ -329,15 +318,25 @@ class Lab:
             self._state = "detached"
         return pid
 
+    @property
+    def state(self) -> str:
+        """new, starting, up, down or detached."""
+        return self._state
+
+    @property
+    def attached(self) -> bool:
+        """Joined with `attach`: another process owns the lab (and its host services)."""
+        return self._attached is not None
+
     def host_agent(self, host: str) -> Agent:
         """The agent a host got at bring-up (it holds the services; probes use it). A lab
         joined with `attach` starts one per host on first use and keeps it."""
-        agent = self._host_agents.get(host)
+        if host not in self.hosts:
+            raise UsageError(f"lab {self.id} has no host {host!r}")
+        runtime = self.hosts[host].runtime
+        agent = runtime.host_agent
         if agent is None or agent.process.returncode is not None:
-            if host not in self.hosts:
-                raise UsageError(f"lab {self.id} has no host {host!r}")
-            agent = self.hosts[host].agent()
-            self._host_agents[host] = agent
+            agent = runtime.host_agent = self.hosts[host].agent()
         return agent
 
     # -- faults (harness/observe/faults.py) -------------------------------------------------
@@ -411,6 +410,17 @@ class Lab:
         from harness.observe.diagnostics import text
 
         return text(self, hosts)
+
+    def _runtime(self, spec: Host, handle: HostHandle) -> HostRuntime:
+        return HostRuntime(
+            spec,
+            handle,
+            self._backends[handle.backend],
+            runner=self._runner,
+            agents=self._agents,
+            logs=self._ledger.logs,
+            forkserver=lambda: self._forkserver,
+        )
 
     def _phase(self, name: str, total: int) -> _progress.Phase:
         return _progress.Phase(self._progress, self.id, name, total)
@@ -542,7 +552,7 @@ class Lab:
                     backend=backend,
                     details=dict(info.get("details") or {}),
                 )
-                hosts[spec.name] = LabHost(self, spec, handle)
+                hosts[spec.name] = LabHost(self, spec, handle, self._runtime(spec, handle))
             self.hosts = MappingProxyType(hosts)
 
     async def _create_hosts(self) -> dict[str, LabHost]:
@@ -557,7 +567,7 @@ class Lab:
             if isinstance(handle, BaseException):
                 raise handle  # everything created is in the ledger; teardown removes it
         return {
-            spec.name: LabHost(self, spec, handle)
+            spec.name: LabHost(self, spec, handle, self._runtime(spec, handle))
             for spec, handle in zip(specs, handles, strict=True)
             if isinstance(handle, HostHandle)
         }
@@ -566,9 +576,10 @@ class Lab:
         # One agent per host at bring-up: services and probes use it; agent() adds more.
         agents = self._phase("agents", len(self.hosts))
         started = await asyncio.gather(
-            *(agents.counted(self._start_agent(h)) for h in self.hosts.values())
+            *(agents.counted(h.runtime.start_agent()) for h in self.hosts.values())
         )
-        self._host_agents = dict(zip(self.hosts, started, strict=True))
+        for host, agent in zip(self.hosts.values(), started, strict=True):
+            host.runtime.host_agent = agent
 
     async def _apply_nft(self) -> None:
         # The policy, then the raw `nft:` script, by the controller's nft in each namespace.
@@ -584,84 +595,8 @@ class Lab:
         await _firewall.apply_all(self._forkserver, targets)
 
     async def _open_services(self) -> None:
-        for name in self.hosts:
-            await self._open_host_services(name)
-
-    async def _open_host_services(self, name: str) -> None:
-        host, agent = self.hosts[name], self._host_agents[name]
-        for service in host.spec.services:
-            addresses = [service.address] if service.address else ["0.0.0.0"]
-            if service.address is None and any(i.address6 for i in host.spec.interfaces):
-                addresses.append("::")
-            for address in addresses:
-                await agent.channel.request(
-                    "listen",
-                    proto=service.proto,
-                    address=address,
-                    port=service.port,
-                    v6only=True if ":" in address else None,
-                    echo=True,
-                )
-
-    async def _start_agent(self, host: LabHost, user: str | None = None) -> Agent:
-        backend = self._backends[host.handle.backend]
-        in_read, in_write = os.pipe()
-        out_read, out_write = os.pipe()
-        log = os.open(
-            self._ledger.logs / f"{host.name}.agents.log",
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-            0o600,
-        )
-        try:
-            process = await backend.start(
-                host.handle, AGENT, Stdio(in_read, out_write, log), user=user
-            )
-        except BaseException:
-            for fd in (in_write, out_read):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (in_read, out_write, log):
-                os.close(fd)
-        try:
-            channel = await AgentChannel.open_pipes(out_read, in_write)
-        except BaseException:
-            process.kill(signal.SIGKILL)
-            raise
-        agent = Agent(channel, self._runner, host=host.name, process=process)
-        # Forget agents that have ended, with their event logs (a suite starts thousands).
-        self._agents = [a for a in self._agents if a.process.returncode is None]
-        self._agents.append(agent)
-        return agent
-
-    async def _run_command(
-        self,
-        host: LabHost,
-        argv: list[str],
-        timeout: float,
-        stdin: bytes | None = None,
-        *,
-        from_controller: bool = False,
-    ) -> CommandResult:
-        """Run `argv` in the host; `from_controller`: the controller's own binary, started
-        by the fork server in the host's namespace (whatever the backend, no image needs it)."""
-        backend = self._backends[host.handle.backend]
-
-        def start(fds: tuple[int, int, int]) -> Awaitable[Process]:
-            if from_controller:
-                assert self._forkserver is not None
-                return self._forkserver.spawn(host.handle.netns_path, argv, fds)
-            return backend.start(host.handle, argv, Stdio(*fds))
-
-        try:
-            code, out, err = await communicate(start, stdin or b"", timeout)
-        except TimeoutError:
-            raise HarnessError(
-                f"{' '.join(argv)} did not finish within {timeout} s in host {host.name}"
-            ) from None
-        return CommandResult(
-            tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace")
-        )
+        for host in self.hosts.values():
+            await host.runtime.open_services()
 
     async def _close_agents(self) -> None:
         async def close(agent: Agent) -> None:
@@ -672,8 +607,7 @@ class Lab:
             except TimeoutError:
                 agent.process.kill(signal.SIGKILL)
 
-        await asyncio.gather(*(close(a) for a in self._agents))
-        self._agents.clear()
+        await asyncio.gather(*(close(a) for a in self._agents.take()))
 
     async def _tear_down(self) -> None:
         lock = self._lifecycle or asyncio.Lock()
@@ -700,7 +634,8 @@ class Lab:
         assert self._forkserver is not None
         assert self._forkserver.pid is not None
         drain, hold = [], []
-        for agent in self._agents:
+        agents = self._agents.all()
+        for agent in agents:
             read_fd, write_fd = agent.channel.pipe_fds
             drain.append(read_fd)
             hold.append(write_fd)
@@ -729,8 +664,8 @@ class Lab:
             with contextlib.suppress(AgentError, OSError):
                 await agent.channel.aclose(timeout=0)
 
-        await asyncio.gather(*map(drop, self._agents))  # a few loop turns each: not in turn
-        self._agents.clear()
+        await asyncio.gather(*map(drop, agents))  # a few loop turns each: not in turn
+        self._agents.take()
         return owner
 
     async def _end_detach(self, commit: bool) -> None:

@@ -81,7 +81,7 @@ def host_text(lab: Lab, host: LabHost) -> str:
         ("sockets", lambda: _sockets(host)),
         (
             "nft ruleset",
-            (lambda: _nft_ruleset(lab, host))
+            (lambda: _nft_ruleset(host))
             if local
             else (lambda: _on_machine(host, ["nft", "list", "ruleset"])),
         ),
@@ -160,12 +160,13 @@ def _endpoint(address: tuple[str, int]) -> str:
     return f"{shown}:{port if port else '*'}"
 
 
-def _nft_ruleset(lab: Lab, host: LabHost) -> str:
+def _nft_ruleset(host: LabHost) -> str:
     nft = shutil.which("nft")
     if nft is None:
         return "(nft is not installed on the controller)"
-    result = lab._run(
-        lab._run_command(host, [nft, "list", "ruleset"], NFT_TIMEOUT, from_controller=True)
+    runtime = host.runtime
+    result = runtime.call(
+        runtime.run_command([nft, "list", "ruleset"], NFT_TIMEOUT, from_controller=True)
     )
     if result.returncode != 0:
         return f"(nft exited {result.returncode}: {result.stderr.strip()})"

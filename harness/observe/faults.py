@@ -27,14 +27,12 @@ a link state), so undoing it restores exactly what was there.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
 import json
 import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -160,15 +158,12 @@ class Faults:
         """The host's applications start over: agents killed, the host's agent and its
         topology services back; addresses, routes and rules are left as they are."""
         lab_host = self._host(host)
-        if self._lab._attached is not None:
+        if self._lab.attached:
             raise UsageError(
                 f"host {host}: restart needs the lab's owner (its services live there); "
                 "an attached lab can only kill_agents() it started"
             )
-        self._kill(lab_host)
-        lab = self._lab
-        lab._host_agents[host] = lab._run(lab._start_agent(lab_host))
-        lab._run(lab._open_host_services(host))
+        lab_host.runtime.call(lab_host.runtime.restart(KILL_TIMEOUT))
         with self._lock:
             for fault in [f for f in self._active if f.kind == "kill_agents" and f.target == host]:
                 fault.active = False
@@ -217,7 +212,7 @@ class Faults:
             raise CleanupError(failed)
 
     def _host(self, name: str, needs_netns: bool = False) -> LabHost:
-        if self._lab._state != "up":
+        if self._lab.state != "up":
             raise HarnessError(f"lab {self._lab.id} is not up")
         if name not in self._lab.hosts:
             raise UsageError(
@@ -263,26 +258,7 @@ class Faults:
             pass  # the log is for people; a lab going down may have taken it already
 
     def _kill(self, host: LabHost) -> int:
-        agents = [
-            a for a in self._lab._agents if a.host == host.name and a.process.returncode is None
-        ]
-        for agent in agents:
-            agent.process.kill(signal.SIGKILL)
-
-        async def reap() -> None:
-            waits = asyncio.gather(*(agent.process.wait() for agent in agents))
-            await asyncio.wait_for(waits, KILL_TIMEOUT)
-
-        try:
-            self._lab._run(reap())
-        except TimeoutError:
-            alive = [str(a.pid) for a in agents if a.process.returncode is None]
-            raise BackendError(
-                f"agents {', '.join(alive)} still running {KILL_TIMEOUT:g} s after SIGKILL "
-                f"(backend {host.handle.backend})",
-                host=host.name,
-            ) from None
-        return len(agents)
+        return host.runtime.call(host.runtime.kill_agents(KILL_TIMEOUT))
 
     def netem_available(self, try_it: Callable[[], None]) -> bool:
         """Run `try_it` (adds a netem qdisc); False if this kernel has no netem."""

@@ -1,0 +1,193 @@
+"""A running host's machinery: what the lab and its collaborators (faults, diagnostics)
+do in a host, without reaching into `Lab`.
+
+    runtime = lab.hosts["h1"].runtime
+    agent = runtime.call(runtime.start_agent())
+
+Each method is a coroutine on the lab's event loop; `call` runs one from any other thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.core.agent import Agent, AgentChannel
+from harness.errors import BackendError, HarnessError
+from harness.lab._pipes import communicate
+
+if TYPE_CHECKING:
+    from harness.backends._forkserver import ForkServerClient
+    from harness.core._loop import LoopThread
+    from harness.topology import Host
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run inside a host did."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Agents:
+    """Every agent one Lab object started and has not yet closed or handed over."""
+
+    def __init__(self) -> None:
+        self._agents: list[Agent] = []
+
+    def add(self, agent: Agent) -> None:
+        # Forget agents that have ended, with their event logs (a suite starts thousands).
+        self._agents = [a for a in self._agents if a.process.returncode is None]
+        self._agents.append(agent)
+
+    def live(self, host: str) -> list[Agent]:
+        return [a for a in self._agents if a.host == host and a.process.returncode is None]
+
+    def all(self) -> list[Agent]:
+        return list(self._agents)
+
+    def take(self) -> list[Agent]:
+        """All of them, now no longer this registry's (to close or to hand over)."""
+        agents, self._agents = self._agents, []
+        return agents
+
+
+class HostRuntime:
+    """One host of a running lab: start agents and commands in it, open its services."""
+
+    def __init__(
+        self,
+        spec: Host,
+        handle: HostHandle,
+        backend: Backend,
+        *,
+        runner: LoopThread,
+        agents: Agents,
+        logs: Path,
+        forkserver: Callable[[], ForkServerClient | None],
+    ) -> None:
+        self.spec = spec
+        self.handle = handle
+        self.host_agent: Agent | None = None  # started at bring-up; holds the services
+        self._backend = backend
+        self._runner = runner
+        self._agents = agents
+        self._logs = logs
+        self._forkserver = forkserver
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one of these coroutines on the lab's loop and wait for it."""
+        return self._runner.run(coro)
+
+    async def start_agent(self, user: str | None = None) -> Agent:
+        """A new agent process in the host (as `user` if given), its stderr in the log."""
+        in_read, in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        log = os.open(
+            self._logs / f"{self.name}.agents.log",
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            process = await self._backend.start(
+                self.handle, AGENT, Stdio(in_read, out_write, log), user=user
+            )
+        except BaseException:
+            for fd in (in_write, out_read):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (in_read, out_write, log):
+                os.close(fd)
+        try:
+            channel = await AgentChannel.open_pipes(out_read, in_write)
+        except BaseException:
+            process.kill(signal.SIGKILL)
+            raise
+        agent = Agent(channel, self._runner, host=self.name, process=process)
+        self._agents.add(agent)
+        return agent
+
+    async def open_services(self) -> None:
+        """The topology's `services:` of this host, listening in its host agent."""
+        agent = self.host_agent
+        assert agent is not None, "open_services before the host agent started"
+        for service in self.spec.services:
+            addresses = [service.address] if service.address else ["0.0.0.0"]
+            if service.address is None and any(i.address6 for i in self.spec.interfaces):
+                addresses.append("::")
+            for address in addresses:
+                await agent.channel.request(
+                    "listen",
+                    proto=service.proto,
+                    address=address,
+                    port=service.port,
+                    v6only=True if ":" in address else None,
+                    echo=True,
+                )
+
+    async def run_command(
+        self,
+        argv: list[str],
+        timeout: float,
+        stdin: bytes | None = None,
+        *,
+        from_controller: bool = False,
+    ) -> CommandResult:
+        """Run `argv` in the host; `from_controller`: the controller's own binary, started
+        by the fork server in the host's namespace (whatever the backend, no image needs it)."""
+
+        def start(fds: tuple[int, int, int]) -> Awaitable[Process]:
+            if from_controller:
+                forkserver = self._forkserver()
+                assert forkserver is not None, "a controller command before bring-up"
+                return forkserver.spawn(self.handle.netns_path, argv, fds)
+            return self._backend.start(self.handle, argv, Stdio(*fds))
+
+        try:
+            code, out, err = await communicate(start, stdin or b"", timeout)
+        except TimeoutError:
+            raise HarnessError(
+                f"{' '.join(argv)} did not finish within {timeout} s in host {self.name}"
+            ) from None
+        return CommandResult(
+            tuple(argv), code, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    async def kill_agents(self, timeout: float) -> int:
+        """SIGKILL every live agent this Lab started here and reap them; how many."""
+        agents = self._agents.live(self.name)
+        for agent in agents:
+            agent.process.kill(signal.SIGKILL)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(a.process.wait() for a in agents)), timeout)
+        except TimeoutError:
+            alive = [str(a.pid) for a in agents if a.process.returncode is None]
+            raise BackendError(
+                f"agents {', '.join(alive)} still running {timeout:g} s after SIGKILL "
+                f"(backend {self.handle.backend})",
+                host=self.name,
+            ) from None
+        return len(agents)
+
+    async def restart(self, timeout: float) -> None:
+        """The host's applications over again: its agents killed, a new host agent with
+        the topology's services; addresses, routes and rules stay."""
+        await self.kill_agents(timeout)
+        self.host_agent = await self.start_agent()
+        await self.open_services()
