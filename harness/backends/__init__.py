@@ -1,64 +1,91 @@
-"""Backends, registered by name in one explicit mapping."""
+"""Backends, registered by name in one explicit mapping; the only code that knows their
+names. Each module loads when its backend is first used (docker's SDK is slow to import).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from harness.backends.base import Backend
 from harness.errors import UsageError
+from harness.topology.model import BACKEND_NAMES
 
-
-def _netns(**kwargs: Any) -> Backend:
-    from harness.backends.netns import NetnsBackend
-
-    return NetnsBackend(kwargs["lab_id"], kwargs["forkserver"], kwargs["record"])
-
-
-def _docker(**kwargs: Any) -> Backend:
-    from harness.backends.docker import DockerBackend
-
-    return DockerBackend(kwargs["lab_id"], kwargs["record"])
-
-
-def _clean_containers(lab_id: str, entries: list[dict[str, str]]) -> list[str]:
-    from harness.backends.docker import remove_recorded
-
-    return remove_recorded(lab_id, entries)
-
-
-def _ssh(**kwargs: Any) -> Backend:
-    from harness.backends.ssh import SshBackend
-
-    return SshBackend(kwargs["lab_id"], kwargs.get("ssh_options"))
-
-
-BACKENDS: dict[str, Callable[..., Backend]] = {"netns": _netns, "docker": _docker, "ssh": _ssh}
-
-# Ledger entry kind -> what removes a dead lab's objects of that kind (the netns kind is
-# the ledger's own). Each returns what it removed; it touches only what the entries name
-# and what carries the lab's id.
-CLEANERS: dict[str, Callable[[str, list[dict[str, str]]], list[str]]] = {
-    "container": _clean_containers,
+# name -> (module, class); the names are the topology's `backend:` values.
+_CLASSES: dict[str, tuple[str, str]] = {
+    "netns": ("harness.backends.netns", "NetnsBackend"),
+    "docker": ("harness.backends.docker", "DockerBackend"),
+    "ssh": ("harness.backends.ssh", "SshBackend"),
 }
+assert tuple(_CLASSES) == BACKEND_NAMES, "a backend the topology format does not name"
+
+
+def backend_class(name: str) -> type[Backend]:
+    check_backend_name(name)
+    module, attribute = _CLASSES[name]
+    cls: type[Backend] = getattr(importlib.import_module(module), attribute)
+    return cls
 
 
 def check_backend_name(name: str) -> None:
-    if name not in BACKENDS:
-        valid = ", ".join(sorted(BACKENDS))
+    if name not in _CLASSES:
+        valid = ", ".join(sorted(_CLASSES))
         raise UsageError(f"unknown backend {name!r}; valid backends: {valid}")
 
 
 def create_backend(name: str, **kwargs: Any) -> Backend:
-    check_backend_name(name)
-    return BACKENDS[name](**kwargs)
+    """A backend for one lab. kwargs: `lab_id`, `forkserver`, `record` (writes a ledger
+    entry before its object exists), and each backend's own (`ssh_options`)."""
+    cls = backend_class(name)
+    return cls.for_lab(**kwargs)
 
 
 def clean_recorded(lab_id: str, entries: list[dict[str, str]]) -> list[str]:
-    """Remove the backend objects (not namespaces) a lab's ledger names."""
+    """Remove the backend objects (not namespaces) a lab's ledger names; only the backends
+    whose kinds it has are loaded."""
     removed: list[str] = []
-    for kind, clean in CLEANERS.items():
-        mine = [e for e in entries if e.get("kind") == kind]
+    kinds = {e.get("kind") for e in entries}
+    for name in _CLASSES:
+        if name == "netns" or not kinds:
+            continue  # namespaces are the ledger's own (hostagent.reaper)
+        cls = backend_class(name)
+        mine = [e for e in entries if e.get("kind") in cls.recorded_kinds]
         if mine:
-            removed += clean(lab_id, mine)
+            removed += cls.remove_recorded(lab_id, mine)
     return removed
+
+
+def enters_locally(name: str) -> bool:
+    """Whether hosts of this backend have a namespace on this machine (not ssh)."""
+    return backend_class(name).local_netns
+
+
+def recorded_backend(host: Mapping[str, Any]) -> str:
+    """The backend of a host as a lab's ledger records it (older ledgers: netns only)."""
+    return str(host.get("backend") or "netns")
+
+
+def run_attached(host: Mapping[str, Any], argv: list[str], env: dict[str, str]) -> int:
+    """Run `argv` inside a recorded host (the ledger's `hosts` entry) on this process's
+    stdio, for `netharness exec` and `shell`; returns its exit code."""
+    cls = backend_class(recorded_backend(host))
+    return cls.run_attached(dict(host), argv, env)
+
+
+def shell_argv(host: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """An interactive shell for `netharness shell` in that host."""
+    return backend_class(recorded_backend(host)).shell_argv(env)
+
+
+__all__ = [
+    "Backend",
+    "backend_class",
+    "check_backend_name",
+    "clean_recorded",
+    "create_backend",
+    "enters_locally",
+    "recorded_backend",
+    "run_attached",
+    "shell_argv",
+]

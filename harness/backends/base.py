@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+from harness.errors import UsageError
 from harness.topology import Host
 
 
@@ -89,6 +90,25 @@ class Backend(abc.ABC):
     #: Whether `HostHandle.netns_path` is a namespace on this machine that the controller
     #: may enter (firewall policy, nft). False for hosts that are other machines (ssh).
     local_netns: bool = True
+    #: Whether a lab of such hosts can outlive the command that made it (`netharness up`):
+    #: False when this process holds what keeps them (ssh connections).
+    detachable: bool = True
+
+    @classmethod
+    @abc.abstractmethod
+    def for_lab(cls, **kwargs: Any) -> Backend:
+        """The backend of one lab, from `create_backend`'s keyword arguments."""
+
+    @classmethod
+    def run_attached(cls, host: dict[str, Any], argv: list[str], env: dict[str, str]) -> int:
+        """Run `argv` in a recorded host (its ledger `hosts` entry) on this process's
+        stdio; its exit code. Only hosts a detached lab can have need it."""
+        raise UsageError(f"cannot enter {cls.name} host {host.get('netns', '?')} from here")
+
+    @classmethod
+    def shell_argv(cls, env: Mapping[str, str]) -> list[str]:
+        """An interactive shell in such a host: the user's own, by default."""
+        return [env.get("SHELL", "/bin/bash")]
 
     @abc.abstractmethod
     async def create(self, host: Host) -> HostHandle:
@@ -101,13 +121,21 @@ class Backend(abc.ABC):
         """Start `argv` (or `AGENT`) inside the host with the given stdio, as `user`
         (a name or uid; None: as the controller's user)."""
 
-    @abc.abstractmethod
-    async def destroy(self, handle: HostHandle) -> None:
-        """Remove the host and every process in it. Idempotent."""
+    #: The ledger entry kinds this backend's objects are recorded under, besides the
+    #: namespaces every lab records (hostagent.reaper removes those).
+    recorded_kinds: tuple[str, ...] = ()
+
+    @classmethod
+    def remove_recorded(cls, lab_id: str, entries: list[dict[str, str]]) -> list[str]:
+        """Remove what a lab's ledger names of `recorded_kinds` (entries of those kinds
+        only), dead lab or alive; returns what it removed. This is the only way a
+        backend's hosts go: `Lab.down`, `netharness down` and `clean` all end here."""
+        return []
 
     async def detach(self, log_fd: int) -> None:  # noqa: B027 - optional hook, no-op default
         """The lab is about to outlive this process (`netharness up`): hand whatever keeps
         its processes' stdio flowing to a process that stays (stderr to `log_fd`)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook with a no-op default
-        """Release what the backend itself holds once every host is destroyed."""
+        """Release what the backend itself holds (connections, threads); its hosts are
+        removed from the ledger (`remove_recorded`)."""

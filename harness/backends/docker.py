@@ -34,7 +34,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,7 @@ async def _read_line(
 
 class DockerBackend(Backend):
     name = "docker"
+    recorded_kinds = ("container",)
 
     def __init__(self, lab_id: str, record: Callable[[str, str, dict[str, str]], None]) -> None:
         self._lab_id = lab_id
@@ -482,10 +483,23 @@ class DockerBackend(Backend):
                     with contextlib.suppress(OSError):
                         os.close(fd)
 
-    async def destroy(self, handle: HostHandle) -> None:
-        await asyncio.to_thread(
-            remove_containers, self.client(), self._lab_id, [handle.details["container"]]
-        )
+    @classmethod
+    def remove_recorded(cls, lab_id: str, entries: list[dict[str, str]]) -> list[str]:
+        return remove_recorded(lab_id, entries)
+
+    @classmethod
+    def for_lab(cls, **kwargs: Any) -> DockerBackend:
+        return cls(kwargs["lab_id"], kwargs["record"])
+
+    @classmethod
+    def run_attached(cls, host: dict[str, Any], argv: list[str], env: dict[str, str]) -> int:
+        # inside the container, with the image's programs and only netharness's variables
+        own = {k: v for k, v in env.items() if k.startswith("NETHARNESS_") or k == "PS1"}
+        return run_attached(host["details"]["container"], argv, own)
+
+    @classmethod
+    def shell_argv(cls, env: Mapping[str, str]) -> list[str]:
+        return ["/bin/sh", "-i"]  # the image's shell, whatever the user's is
 
     async def close(self) -> None:
         self._creators.shutdown(wait=False)

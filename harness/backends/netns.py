@@ -8,7 +8,9 @@ nothing but the namespace file appears outside it.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
@@ -30,6 +32,14 @@ class NetnsBackend(Backend):
         self._lab_id = lab_id
         self._forkserver = forkserver
         self._record = record  # writes the ledger entry before the object exists
+
+    @classmethod
+    def for_lab(cls, **kwargs: Any) -> NetnsBackend:
+        return cls(kwargs["lab_id"], kwargs["forkserver"], kwargs["record"])
+
+    @classmethod
+    def run_attached(cls, host: dict[str, Any], argv: list[str], env: dict[str, str]) -> int:
+        return run_in_namespace(_netns.netns_path(host["netns"]), argv, env)
 
     async def create(self, host: Host) -> HostHandle:
         name = naming.host_netns(self._lab_id, host.name)
@@ -67,5 +77,22 @@ class NetnsBackend(Backend):
             handle.netns_path, command, (stdio.stdin, stdio.stdout, stdio.stderr), user=user
         )
 
-    async def destroy(self, handle: HostHandle) -> None:
-        _netns.remove(handle.netns_path)
+
+def run_in_namespace(netns_path: str, argv: list[str], env: dict[str, str]) -> int:
+    """Become `argv` inside the namespace, in a child on this terminal; its exit code."""
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # child: enter the namespace and become the command
+        try:
+            _netns.setns(fd)
+            os.execvpe(argv[0], argv, env)
+        except OSError as exc:
+            os.write(2, f"netharness: {argv[0]}: {exc.strerror}\n".encode())
+            os._exit(127)
+    os.close(fd)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child handles Ctrl-C
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return os.waitstatus_to_exitcode(status) if status >= 0 else 1

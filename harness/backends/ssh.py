@@ -102,6 +102,13 @@ class SshBackend(Backend):
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
 
+    local_netns = False  # another machine: nothing of it to enter from here
+    detachable = False  # driven over this process's connections
+
+    @classmethod
+    def for_lab(cls, **kwargs: Any) -> SshBackend:
+        return cls(kwargs["lab_id"], kwargs.get("ssh_options"))
+
     async def create(self, host: Host) -> HostHandle:
         if host.ssh is None:
             raise BackendError("an ssh host needs an `ssh:` block", host=host.name)
@@ -138,11 +145,6 @@ class SshBackend(Backend):
             channel.close()
             raise
         return _ChannelProcess(next(self._ids), channel, stdio, asyncio.get_running_loop())
-
-    async def destroy(self, handle: HostHandle) -> None:
-        remote = self._remotes.pop(handle.name, None)
-        if remote is not None:
-            await asyncio.to_thread(_close_remote, remote)
 
     async def close(self) -> None:
         remotes = list(self._remotes.values())

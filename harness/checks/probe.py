@@ -175,7 +175,7 @@ def probe_cells(
     """
     if timeout <= 0:
         raise UsageError(f"a probe timeout must be positive, not {timeout}")
-    paced = set(ratelimited) | {n for n, h in lab.hosts.items() if h.spec.backend == "ssh"}
+    paced = set(ratelimited) | {n for n, h in lab.hosts.items() if not h.handle.netns_path}
     chosen: dict[tuple[str, str, int], str] = {}  # a sweep has one target, many ports
 
     def address_of(cell: Cell) -> str:

@@ -130,12 +130,13 @@ def up(
     capture_dir: Path | None,
 ) -> None:
     """Bring a lab up and leave it running; prints its id and hosts."""
+    from harness.backends import backend_class
     from harness.lab import Lab
     from harness.lab.progress import shown
     from harness.topology import load_topology
 
     loaded = load_topology(topology)
-    remote = [h.name for h in loaded.hosts.values() if h.backend == "ssh"]
+    remote = [h.name for h in loaded.hosts.values() if not backend_class(h.backend).detachable]
     if remote:  # driven over this process's ssh connections: nothing could keep them
         raise UsageError(
             f"{topology}: hosts {', '.join(remote)} are ssh hosts, and a lab with ssh hosts "
@@ -339,34 +340,9 @@ def _host_info(lab: str, host: str) -> dict[str, Any]:
 
 
 def _run_in_host(lab: str, host: str, argv: list[str], env: dict[str, str]) -> int:
-    info = _host_info(lab, host)
-    if info.get("backend") == "docker":  # inside the container, with the image's programs
-        from harness.backends.docker import run_attached
+    from harness.backends import run_attached
 
-        own = {k: v for k, v in env.items() if k.startswith("NETHARNESS_") or k == "PS1"}
-        return run_attached(info["details"]["container"], argv, own)
-    return _run_in(str(Path("/run/netns") / info["netns"]), argv, env)
-
-
-def _run_in(netns_path: str, argv: list[str], env: dict[str, str]) -> int:
-    from harness.core import _netns
-
-    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:  # child: enter the namespace and become the command
-        try:
-            _netns.setns(fd)
-            os.execvpe(argv[0], argv, env)
-        except OSError as exc:
-            os.write(2, f"netharness: {argv[0]}: {exc.strerror}\n".encode())
-            os._exit(127)
-    os.close(fd)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child handles Ctrl-C
-    try:
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return os.waitstatus_to_exitcode(status) if status >= 0 else 1
+    return run_attached(_host_info(lab, host), argv, env)
 
 
 @app.command("exec", context_settings={"ignore_unknown_options": True})
@@ -385,11 +361,11 @@ def exec_(lab: str, host: str, command: tuple[str, ...]) -> None:
 @click.argument("host")
 def shell(lab: str, host: str) -> None:
     """An interactive shell inside a host."""
-    docker = _host_info(lab, host).get("backend") == "docker"
-    shell_path = "/bin/sh" if docker else os.environ.get("SHELL", "/bin/bash")
+    from harness.backends import shell_argv
+
     env = dict(os.environ, NETHARNESS_LAB=lab, NETHARNESS_HOST=host, PS1=f"[{lab}:{host}] \\w\\$ ")
     err.print(f"shell in host {host} of lab {lab} (exit to leave)")
-    code = _run_in_host(lab, host, [shell_path, "-i"] if docker else [shell_path], env)
+    code = _run_in_host(lab, host, shell_argv(_host_info(lab, host), env), env)
     raise SystemExit(128 - code if code < 0 else code)
 
 

@@ -22,7 +22,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from harness.backends import check_backend_name, create_backend
+from harness.backends import (
+    backend_class,
+    check_backend_name,
+    create_backend,
+    enters_locally,
+    recorded_backend,
+)
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import Backend, HostHandle
 from harness.core import _netns
@@ -193,7 +199,7 @@ class Lab:
     def host_backend(self, spec: Host) -> str:
         """The backend a host of this lab is made with: `--backend`, else its own. An ssh
         host is an existing machine: no override makes it anything else."""
-        if spec.backend == "ssh":
+        if not backend_class(spec.backend).local_netns:
             return spec.backend
         return self.backend_name or spec.backend
 
@@ -299,7 +305,9 @@ class Lab:
         """
         if self._state != "up":
             raise UsageError(f"lab {self.id} is not up")
-        remote = [n for n, h in self.hosts.items() if not _netns_backed(h.handle.backend)]
+        remote = [
+            n for n, h in self.hosts.items() if not self._backends[h.handle.backend].detachable
+        ]
         if remote:
             raise UsageError(
                 f"hosts {', '.join(remote)} are driven over ssh by this process, so the lab "
@@ -536,8 +544,8 @@ class Lab:
             hosts = {}
             for spec in self.topology.hosts.values():
                 info = record.info["hosts"][spec.name]
-                backend = info.get("backend") or "netns"
-                if not _netns_backed(backend):
+                backend = recorded_backend(info)
+                if not enters_locally(backend):
                     raise UsageError(
                         f"lab {self.id} has {backend} hosts ({spec.name}): only the process "
                         "that brought it up can drive them"
@@ -673,11 +681,6 @@ class Lab:
         if commit:
             self._forkserver.commit()
         self._forkserver.forget()  # without a commit, the server cleans the lab up
-
-
-def _netns_backed(backend: str) -> bool:
-    """Whether a backend's hosts are namespaces on this machine (not remote machines)."""
-    return backend != "ssh"
 
 
 def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:
