@@ -16,6 +16,7 @@ import pytest
 
 from harness.checks.suites import Check, checks_of, run_suite
 from harness.checks.suites import multiplexing as mx
+from harness.checks.suites._base import Flow, exchange
 from harness.errors import UsageError
 from harness.lab import Lab
 from harness.topology import load_topology
@@ -102,15 +103,15 @@ def test_real_evidence_passes(evidence: mx.Evidence) -> None:
 # ---- each check fails on evidence of a broken promise ----------------------------------------
 
 
-def tcp_flows(ev: mx.Evidence) -> list[mx.Flow]:
+def tcp_flows(ev: mx.Evidence) -> list[Flow]:
     return [f for f in ev.flows if f.proto == "tcp"]
 
 
-def udp_flows(ev: mx.Evidence) -> list[mx.Flow]:
+def udp_flows(ev: mx.Evidence) -> list[Flow]:
     return [f for f in ev.flows if f.proto == "udp"]
 
 
-def replace_flow(ev: mx.Evidence, old: mx.Flow, new: mx.Flow) -> mx.Evidence:
+def replace_flow(ev: mx.Evidence, old: Flow, new: Flow) -> mx.Evidence:
     return dataclasses.replace(ev, flows=tuple(new if f is old else f for f in ev.flows))
 
 
@@ -120,13 +121,13 @@ def replace_server(ev: mx.Evidence, index: int, **changes: object) -> mx.Evidenc
     return dataclasses.replace(ev, servers=tuple(servers))
 
 
-def with_reply(ev: mx.Evidence, flow: mx.Flow, index: int, **changes: object) -> mx.Evidence:
+def with_reply(ev: mx.Evidence, flow: Flow, index: int, **changes: object) -> mx.Evidence:
     replies = list(flow.replies)
     replies[index] = dataclasses.replace(replies[index], **changes)  # type: ignore[arg-type]
     return replace_flow(ev, flow, dataclasses.replace(flow, replies=tuple(replies)))
 
 
-def other_owner(ev: mx.Evidence, flow: mx.Flow) -> mx.Server:
+def other_owner(ev: mx.Evidence, flow: Flow) -> mx.Server:
     port = flow.target[1]
     return next(s for s in ev.servers if port not in (s.tcp[1], s.udp[1]))
 
@@ -297,7 +298,7 @@ def test_exchange_reports_what_went_wrong(lan: Lab) -> None:
     """A message to a port nobody owns is reported with its errno, not silently dropped."""
     client = lan.hosts["h1"].agent()
     try:
-        flows = mx.exchange(
+        flows = exchange(
             client,
             [
                 {"proto": proto, "address": "10.0.1.13", "port": 9, "tag": proto}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from harness.checks.suites.five_tuple import Conn, Echo, Served, _map
+from harness.checks.suites.five_tuple import Conn, Echo, Served
+from harness.checks.suites.five_tuple._judge import _map
 
 SERVER = ("198.18.0.12", 443)
 ROUTER = "198.18.0.1"

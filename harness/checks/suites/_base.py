@@ -8,19 +8,25 @@ is reported with verdict "error" and the reason, never left out.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UsageError
 
 if TYPE_CHECKING:
+    from harness.core.agent import Agent
     from harness.lab import Lab, LabHost
 
 Verdict = Literal["pass", "fail", "error"]
+Endpoint = tuple[str, int]
+T = TypeVar("T")
+R = TypeVar("R")
+E = TypeVar("E")
 
 
 @dataclass(frozen=True)
@@ -163,3 +169,130 @@ def target_address(client: LabHost, server: LabHost, family: int = 4) -> str:
             if address is not None:
                 return str(address.ip)
     return server.address(family=family)
+
+
+def gathered(
+    gather: Callable[[], E],
+    evaluate: Callable[[E], list[Check]],
+    not_run: Callable[[str], list[Check]],
+) -> list[Check]:
+    """A suite's run: gather the evidence, then judge it. A usage error goes up to the
+    caller; any other failure to gather makes every check an error that names it."""
+    try:
+        evidence = gather()
+    except UsageError:
+        raise
+    except HarnessError as exc:
+        return not_run(f"could not run: {exc}")
+    return evaluate(evidence)
+
+
+# ---- driving agents ----------------------------------------------------------------------
+
+
+def parallel(fn: Callable[[T], R], items: Iterable[T], workers: int = 32) -> list[R]:
+    """`fn` over `items` on a few threads (agents are driven from any thread), in order."""
+    todo = list(items)
+    if len(todo) <= 1:
+        return [fn(item) for item in todo]
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:
+        return list(pool.map(fn, todo))
+
+
+def endpoint(value: Any) -> Endpoint:
+    return (str(value[0]), int(value[1]))
+
+
+def show(endpoint: Endpoint | None) -> str:
+    if endpoint is None:
+        return "-"
+    address, port = endpoint
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One echo as the client received it: `sent` is the tagged message it answered."""
+
+    sent: str
+    pid: int
+    sock: int
+    local: Endpoint  # the flow as the server saw it
+    peer: Endpoint
+    data: str
+    rtt: float
+    tries: int = 1
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One client socket: where it went, the four-tuple the client saw, what came back."""
+
+    host: str
+    pid: int  # the client process
+    proto: str
+    tag: str
+    target: Endpoint
+    local: Endpoint | None
+    peer: Endpoint | None
+    replies: tuple[Reply, ...]
+    lost: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def exchange(
+    agent: Agent,
+    flows: Sequence[Mapping[str, Any]],
+    *,
+    messages: int = 1,
+    timeout: float = 10.0,
+    retries: int = 2,
+    linger0: bool = False,
+) -> list[Flow]:
+    """Run the agent's `exchange` op: open every flow at once, send `messages` tagged
+    messages on each, and return what each flow saw and got back."""
+    result = agent.request(
+        "exchange",
+        flows=[dict(f) for f in flows],
+        messages=messages,
+        timeout=timeout,
+        retries=retries,
+        linger0=linger0,
+    )
+    pid = int(result["pid"])
+    out = []
+    for raw in result["flows"]:
+        error = raw.get("error")
+        out.append(
+            Flow(
+                host=agent.host,
+                pid=pid,
+                proto=str(raw["proto"]),
+                tag=str(raw["tag"]),
+                target=endpoint(raw["target"]),
+                local=endpoint(raw["local"]) if raw.get("local") else None,
+                peer=endpoint(raw["peer"]) if raw.get("peer") else None,
+                replies=tuple(_reply(echo) for echo in raw["echoes"]),
+                lost=tuple(str(tag) for tag in raw.get("lost", ())),
+                error=(
+                    f"{error.get('errno') or 'error'}: {error.get('message')}"
+                    if isinstance(error, dict)
+                    else None
+                ),
+            )
+        )
+    return out
+
+
+def _reply(echo: Mapping[str, Any]) -> Reply:
+    reply = echo["reply"]
+    return Reply(
+        sent=str(echo["sent"]),
+        pid=int(reply["pid"]),
+        sock=int(reply["sock"]),
+        local=endpoint(reply["local"]),
+        peer=endpoint(reply["peer"]),
+        data=str(reply["data"]),
+        rtt=float(echo["rtt"]),
+        tries=int(echo.get("tries", 1)),
+    )

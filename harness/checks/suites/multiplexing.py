@@ -16,14 +16,26 @@ evidence altered on purpose (that is how the tests show each check can fail).
 
 from __future__ import annotations
 
-import concurrent.futures
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from harness.checks.suites._base import Check, Recorder, all_errors, pick_roles, target_address
+from harness.checks.suites._base import (
+    Check,
+    Endpoint,
+    Flow,
+    Recorder,
+    all_errors,
+    endpoint,
+    exchange,
+    gathered,
+    parallel,
+    pick_roles,
+    show,
+    target_address,
+)
 from harness.errors import HarnessError, UsageError
 
 if TYPE_CHECKING:
@@ -71,44 +83,11 @@ EXPECTED: Mapping[str, str] = {
     ),
 }
 
-Endpoint = tuple[str, int]
-T = TypeVar("T")
-R = TypeVar("R")
 
 SAMPLE = 10  # problems listed in a check's evidence before the rest is only counted
 
 
 # ---- evidence ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One echo as the client received it: `sent` is the tagged message it answered."""
-
-    sent: str
-    pid: int
-    sock: int
-    local: Endpoint  # the flow as the server saw it
-    peer: Endpoint
-    data: str
-    rtt: float
-    tries: int = 1
-
-
-@dataclass(frozen=True)
-class Flow:
-    """One client socket: where it went, the four-tuple the client saw, what came back."""
-
-    host: str
-    pid: int  # the client process
-    proto: str
-    tag: str
-    target: Endpoint
-    local: Endpoint | None
-    peer: Endpoint | None
-    replies: tuple[Reply, ...]
-    lost: tuple[str, ...] = ()
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -169,8 +148,8 @@ def run(
     `clients_per_host` client processes on each client host, each opening `connections`
     TCP connections and as many UDP sockets to every server port and sending `messages`
     tagged messages on each."""
-    try:
-        evidence = gather(
+    return gathered(
+        lambda: gather(
             lab,
             server=server,
             clients=clients,
@@ -180,12 +159,10 @@ def run(
             messages=messages,
             family=family,
             timeout=timeout,
-        )
-    except UsageError:
-        raise
-    except HarnessError as exc:
-        return not_run(f"could not run: {exc}")
-    return evaluate(evidence)
+        ),
+        evaluate,
+        not_run,
+    )
 
 
 def not_run(reason: str) -> list[Check]:
@@ -278,71 +255,13 @@ def gather(
     )
 
 
-def exchange(
-    agent: Agent,
-    flows: Sequence[Mapping[str, Any]],
-    *,
-    messages: int = 1,
-    timeout: float = 10.0,
-    retries: int = 2,
-    linger0: bool = False,
-) -> list[Flow]:
-    """Run the agent's `exchange` op: open every flow at once, send `messages` tagged
-    messages on each, and return what each flow saw and got back."""
-    result = agent.request(
-        "exchange",
-        flows=[dict(f) for f in flows],
-        messages=messages,
-        timeout=timeout,
-        retries=retries,
-        linger0=linger0,
-    )
-    pid = int(result["pid"])
-    out = []
-    for raw in result["flows"]:
-        error = raw.get("error")
-        out.append(
-            Flow(
-                host=agent.host,
-                pid=pid,
-                proto=str(raw["proto"]),
-                tag=str(raw["tag"]),
-                target=_endpoint(raw["target"]),
-                local=_endpoint(raw["local"]) if raw.get("local") else None,
-                peer=_endpoint(raw["peer"]) if raw.get("peer") else None,
-                replies=tuple(_reply(echo) for echo in raw["echoes"]),
-                lost=tuple(str(tag) for tag in raw.get("lost", ())),
-                error=(
-                    f"{error.get('errno') or 'error'}: {error.get('message')}"
-                    if isinstance(error, dict)
-                    else None
-                ),
-            )
-        )
-    return out
-
-
-def _reply(echo: Mapping[str, Any]) -> Reply:
-    reply = echo["reply"]
-    return Reply(
-        sent=str(echo["sent"]),
-        pid=int(reply["pid"]),
-        sock=int(reply["sock"]),
-        local=_endpoint(reply["local"]),
-        peer=_endpoint(reply["peer"]),
-        data=str(reply["data"]),
-        rtt=float(echo["rtt"]),
-        tries=int(echo.get("tries", 1)),
-    )
-
-
 def _with_events(record: Server, agent: Agent) -> Server:
     accepted = tuple(
-        Received(int(e["sock"]), _endpoint(e["local"]), _endpoint(e["peer"]), int(e["listener"]))
+        Received(int(e["sock"]), endpoint(e["local"]), endpoint(e["peer"]), int(e["listener"]))
         for e in agent.events("accepted")
     )
     datagrams = tuple(
-        Received(int(e["sock"]), _endpoint(e["local"]), _endpoint(e["peer"]))
+        Received(int(e["sock"]), endpoint(e["local"]), endpoint(e["peer"]))
         for e in agent.events("datagram")
     )
     return Server(
@@ -369,32 +288,12 @@ def _kernel_listeners(lab: Lab, host: str, family: int) -> dict[str, dict[int, i
     return counts
 
 
-def parallel(fn: Callable[[T], R], items: Iterable[T], workers: int = 32) -> list[R]:
-    """`fn` over `items` on a few threads (agents are driven from any thread), in order."""
-    todo = list(items)
-    if not todo:
-        return []
-    with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:
-        return list(pool.map(fn, todo))
-
-
-def _endpoint(value: Any) -> Endpoint:
-    return (str(value[0]), int(value[1]))
-
-
 def plain(endpoint: Endpoint) -> Endpoint:
     """An endpoint with a v4-mapped IPv6 address written as IPv4 (as clients see it)."""
     address, port = endpoint
     if address.startswith("::ffff:") and "." in address:
         return (address[7:], port)
     return (address, port)
-
-
-def show(endpoint: Endpoint | None) -> str:
-    if endpoint is None:
-        return "-"
-    address, port = endpoint
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 # ---- judging -----------------------------------------------------------------------------

@@ -48,10 +48,12 @@ from harness.checks.suites._base import (
     Recorder,
     Roles,
     all_errors,
+    exchange,
+    parallel,
     pick_roles,
+    show,
     target_address,
 )
-from harness.checks.suites.multiplexing import exchange, parallel, show
 from harness.errors import AgentError, HarnessError, UsageError
 
 if TYPE_CHECKING:

@@ -1,0 +1,479 @@
+"""The five_tuple suite, running: connections opened by many client processes, the
+server's and the kernel's accounts collected, a duplicate tried; all in `Evidence`."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from harness.checks.suites._base import (
+    endpoint,
+    parallel,
+    pick_roles,
+    show,
+    target_address,
+)
+from harness.errors import AgentError, HarnessError
+from harness.observe import diag
+
+if TYPE_CHECKING:
+    from harness.core.agent import Agent
+    from harness.lab import Lab, LabHost
+from harness.checks.suites.five_tuple._evidence import (
+    SAMPLE,
+    UDP_WINDOW,
+    Conn,
+    DuplicateEvidence,
+    Echo,
+    Endpoint,
+    Evidence,
+    KernelView,
+    Served,
+    TcpEvidence,
+    UdpEvidence,
+    _served,
+    _show,
+    _split,
+    per_process_limit,
+    translation_expected,
+)
+
+
+def gather(
+    lab: Lab,
+    *,
+    server: str | None = None,
+    clients: Sequence[str] | None = None,
+    connections: int = 1000,
+    processes_per_client: int = 2,
+    server_processes: int | None = None,
+    udp_flows: int = 100,
+    echo_sample: int = 64,
+    family: int = 4,
+    window: int = 64,
+    timeout: float = 10.0,
+    expect_translation: bool | None = None,
+) -> Evidence:
+    """Start the processes, open every connection and flow, and collect every account."""
+    if family not in (4, 6):
+        raise HarnessError(f"five_tuple: family must be 4 or 6, not {family!r}")
+    started = time.perf_counter()
+    roles = pick_roles(lab, server, clients)
+    server_host = lab.hosts[roles.server]
+    targets = {c: target_address(lab.hosts[c], server_host, family) for c in roles.clients}
+    notes: list[str] = []
+    cap = per_process_limit()
+    per_host = math.ceil(connections / len(roles.clients))
+    if per_host > processes_per_client * cap:
+        processes_per_client = math.ceil(per_host / cap)
+        notes.append(
+            f"processes_per_client raised to {processes_per_client}: one process holds at "
+            f"most {cap} connections under this machine's open-files limit"
+        )
+    if server_processes is None:
+        # Two at least: one Python process accepting alone falls behind several that
+        # connect, its accept queue overflows, and every SYN dropped then costs the
+        # client a one-second retransmission.
+        server_processes = max(2, math.ceil(connections / cap))
+    if expect_translation is None:
+        expect_translation = translation_expected(lab)
+        source = "the topology's nft rules" if expect_translation else "no NAT in the topology"
+    else:
+        source = "the expect_translation option"
+    unique_targets = set(targets.values())
+    listen_address = (
+        unique_targets.pop() if len(unique_targets) == 1 else ("0.0.0.0" if family == 4 else "::")
+    )
+
+    agents: list[Agent] = []
+
+    def start(host: str) -> Agent:
+        agent = lab.hosts[host].agent()
+        agents.append(agent)
+        return agent
+
+    evidence: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    try:
+        servers = parallel(lambda _i: start(roles.server), range(server_processes))
+        client_agents = parallel(
+            start, [c for c in roles.clients for _i in range(processes_per_client)]
+        )
+        infos = parallel(lambda a: a.info(), client_agents)
+        port_ranges = {
+            a.host: i.ip_local_port_range for a, i in zip(client_agents, infos, strict=True)
+        }
+        listeners, port = _listen(servers, listen_address, family)
+        base = Evidence(
+            server_host=roles.server,
+            client_hosts=roles.clients,
+            targets=targets,
+            port=port,
+            listen_address=listen_address,
+            family=family,
+            server_pids=tuple(a.pid for a in servers),
+            client_pids={
+                c: tuple(a.pid for a in client_agents if a.host == c) for c in roles.clients
+            },
+            port_ranges=port_ranges,
+            expect_translation=expect_translation,
+            expectation_source=source,
+            notes=tuple(notes),
+        )
+        ctx = _Context(lab, base, servers, client_agents, listeners, window, timeout)
+        for phase, collect in (
+            ("tcp", lambda: _tcp(ctx, connections, echo_sample)),
+            ("udp", lambda: _udp(ctx, udp_flows)),
+            ("duplicate", lambda: _duplicate(ctx)),
+        ):
+            try:
+                evidence[phase] = collect()
+            except (HarnessError, OSError, ValueError, KeyError, TypeError) as exc:
+                # The phase's checks become errors with this reason; the others still run.
+                errors[phase] = f"{type(exc).__name__}: {exc}"
+        _reset(ctx)
+    finally:
+        parallel(lambda agent: agent.close(), agents)
+    return dataclasses.replace(
+        base, **evidence, errors=errors, seconds=time.perf_counter() - started
+    )
+
+
+@dataclass
+class _Context:
+    lab: Lab
+    base: Evidence
+    servers: list[Agent]
+    clients: list[Agent]
+    listeners: dict[int, int]  # server pid → listener sock id
+    window: int
+    timeout: float
+    opened: dict[int, list[int]] = field(default_factory=dict)  # client pid → socks to reset
+
+    def host(self, name: str) -> LabHost:
+        return self.lab.hosts[name]
+
+
+def _listen(servers: Sequence[Agent], address: str, family: int) -> tuple[dict[int, int], int]:
+    """One listener per server process, all on one address and port (SO_REUSEPORT when
+    several processes share it, as a pre-forked server does)."""
+    shared = len(servers) > 1
+    v6only = True if family == 6 and address == "::" else None
+    first = servers[0].listen(
+        "tcp", 0, address, backlog=4096, reuseport=shared, v6only=v6only, echo=True
+    )
+    listeners = {servers[0].pid: first.id}
+    rest = parallel(
+        lambda a: a.listen(
+            "tcp", first.port, address, backlog=4096, reuseport=True, v6only=v6only, echo=True
+        ),
+        servers[1:],
+    )
+    for agent, sock in zip(servers[1:], rest, strict=True):
+        listeners[agent.pid] = sock.id
+    return listeners, first.port
+
+
+def _tcp(ctx: _Context, connections: int, echo_sample: int) -> TcpEvidence:
+    base = ctx.base
+    _preflight(ctx)
+    shares = _split(connections, len(ctx.clients))
+
+    def connect(job: tuple[Agent, int]) -> dict[str, Any]:
+        agent, count = job
+        return agent.request(
+            "connect_many",
+            proto="tcp",
+            address=base.targets[agent.host],
+            port=base.port,
+            count=count,
+            window=ctx.window,
+            timeout=ctx.timeout,
+        )
+
+    started = time.perf_counter()
+    replies = parallel(connect, list(zip(ctx.clients, shares, strict=True)))
+    seconds = time.perf_counter() - started
+    conns, failures, samples = _collect(ctx, "tcp", replies)
+    _await_accepted(ctx, len(conns))
+    accepted = _accepted(ctx)
+    clients_kernel = {
+        c: _kernel(ctx, c, "tcp", {"ESTABLISHED"}, peer=(base.targets[c], base.port))
+        for c in base.client_hosts
+    }
+    server_kernel = _kernel(
+        ctx, base.server_host, "tcp", {"ESTABLISHED"}, local=(base.listen_address, base.port)
+    )
+    echoes = _echo_sample(ctx, conns, echo_sample)
+    return TcpEvidence(
+        requested=connections,
+        conns=tuple(conns),
+        failures=failures,
+        failure_samples=samples,
+        seconds=seconds,
+        accepted=accepted,
+        clients_kernel=clients_kernel,
+        server_kernel=server_kernel,
+        echoes=echoes,
+    )
+
+
+def _preflight(ctx: _Context) -> None:
+    """One connection and echo per client host first: an unreachable server is reported
+    at once, with its errno, instead of after thousands of timeouts."""
+    base = ctx.base
+    firsts = {a.host: a for a in reversed(ctx.clients)}
+    by_pid = {a.pid: a for a in ctx.servers}
+
+    def probe(agent: Agent) -> None:
+        target = base.targets[agent.host]
+        try:
+            sock = agent.connect("tcp", target, base.port, timeout=ctx.timeout)
+            echo = sock.request("preflight", timeout=ctx.timeout)
+        except AgentError as exc:
+            raise HarnessError(
+                f"{agent.host} cannot reach {show((target, base.port))}: {exc}"
+            ) from exc
+        sock.close(linger0=True)
+        # Its server socket must be gone before the server's account is taken.
+        by_pid[echo.pid].wait_event("closed", lambda e: e.get("sock") == echo.sock)
+
+    parallel(probe, list(firsts.values()))
+
+
+def _collect(
+    ctx: _Context, proto: str, replies: Sequence[Mapping[str, Any]]
+) -> tuple[list[Conn], dict[str, int], tuple[str, ...]]:
+    conns: list[Conn] = []
+    failures: Counter[str] = Counter()
+    samples: list[str] = []
+    for agent, reply in zip(ctx.clients, replies, strict=True):
+        mine = ctx.opened.setdefault(agent.pid, [])
+        for result in reply["results"]:
+            if "sock" in result:
+                mine.append(int(result["sock"]))
+                conns.append(
+                    Conn(
+                        host=agent.host,
+                        pid=agent.pid,
+                        sock=int(result["sock"]),
+                        proto=proto,
+                        local=endpoint(result["local"]),
+                        peer=endpoint(result["peer"]),
+                    )
+                )
+            else:
+                name = str(result.get("errno") or result.get("kind") or "error")
+                failures[name] += 1
+                if len(samples) < SAMPLE:
+                    samples.append(f"{agent.host} pid {agent.pid}: {result.get('message')}")
+    return conns, dict(failures), tuple(samples)
+
+
+def _await_accepted(ctx: _Context, expected: int) -> None:
+    """Wait until the server processes hold (at least) every connection the clients made:
+    a connection is established for the client before the server has accepted it."""
+    deadline = time.monotonic() + ctx.timeout + max(5.0, expected / 2000)
+    while True:
+        held = sum(parallel(lambda a: a.info().sockets, ctx.servers)) - len(ctx.servers)
+        if held >= expected or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
+def _accepted(ctx: _Context) -> tuple[Served, ...]:
+    def rows(agent: Agent) -> list[Served]:
+        listener = ctx.listeners[agent.pid]
+        return [
+            Served(agent.pid, s.id, s.proto, s.local, s.peer)
+            for s in agent.sockets()
+            if s.parent == listener and s.peer is not None and s.state == "connected"
+        ]
+
+    return tuple(row for batch in parallel(rows, ctx.servers) for row in batch)
+
+
+def _kernel(
+    ctx: _Context,
+    host: str,
+    proto: diag.Proto,
+    states: set[str] | None,
+    *,
+    peer: Endpoint | None = None,
+    local: Endpoint | None = None,
+) -> KernelView:
+    """The kernel's sockets in `host` matching `peer`/`local` (a wildcard local address
+    matches by port), with the pid of the process holding each, as far as /proc tells."""
+    listed = diag.sockets(ctx.host(host), proto, ctx.base.family, states=states)
+    if peer is not None:
+        listed = [s for s in listed if s.peer == peer]
+    if local is not None:
+        wildcard = local[0] in ("0.0.0.0", "::")
+        listed = [s for s in listed if s.local[1] == local[1] and (wildcard or s.local == local)]
+    pids = [a.pid for a in ctx.servers + ctx.clients if a.host == host]
+    return KernelView(host, tuple(listed), _owners(ctx.host(host), pids))
+
+
+def _owners(host: LabHost, pids: Iterable[int]) -> dict[int, int] | None:
+    """Socket inode → pid for the given processes, read from /proc/<pid>/fd; None when
+    a pid is not visible here as a process in the host's namespace (e.g. in a container's
+    own pid namespace)."""
+    try:
+        netns = os.stat(host.handle.netns_path).st_ino
+    except OSError:
+        return None
+    owners: dict[int, int] = {}
+    for pid in pids:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != netns:
+                return None
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            return None
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owners[int(link[8:-1])] = pid
+    return owners
+
+
+def _echo_sample(ctx: _Context, conns: Sequence[Conn], sample: int) -> tuple[Echo, ...]:
+    """Ask the server, over a sample of the connections (some from every process), which
+    flow it sees each one as: its echo names the accepted socket and both endpoints."""
+    by_pid: dict[int, list[Conn]] = {}
+    for conn in conns:
+        by_pid.setdefault(conn.pid, []).append(conn)
+    per_process = max(1, math.ceil(sample / max(1, len(by_pid))))
+    agents = {a.pid: a for a in ctx.clients}
+
+    def ask(pid: int) -> list[Echo]:
+        agent = agents[pid]
+        picked = by_pid[pid][:: max(1, len(by_pid[pid]) // per_process)][:per_process]
+        out = []
+        for conn in picked:
+            reply = agent.request("request", sock=conn.sock, data="five-tuple", timeout=5.0)
+            out.append(Echo(conn, _served(reply["reply"], "tcp")))
+        return out
+
+    return tuple(e for batch in parallel(ask, list(by_pid)) for e in batch)
+
+
+def _udp(ctx: _Context, flows: int) -> UdpEvidence:
+    base = ctx.base
+    owner = ctx.servers[0]
+    try:  # the TCP port's number, which TCP does not take from UDP
+        bound = owner.listen("udp", base.port, base.listen_address)
+    except AgentError:
+        bound = owner.listen("udp", 0, base.listen_address)
+    shares = _split(flows, len(ctx.clients))
+
+    def connect(job: tuple[Agent, int]) -> dict[str, Any]:
+        agent, count = job
+        return agent.request(
+            "connect_many",
+            proto="udp",
+            address=base.targets[agent.host],
+            port=bound.port,
+            count=count,
+            window=min(ctx.window, UDP_WINDOW),
+            timeout=ctx.timeout,
+            data="five-tuple",
+        )
+
+    replies = parallel(connect, list(zip(ctx.clients, shares, strict=True)))
+    echoes: list[Echo] = []
+    failures: Counter[str] = Counter()
+    samples: list[str] = []
+    for agent, reply in zip(ctx.clients, replies, strict=True):
+        for result in reply["results"]:
+            if "sock" not in result:
+                failures[str(result.get("errno") or result.get("kind"))] += 1
+                if len(samples) < SAMPLE:
+                    samples.append(f"{agent.host} pid {agent.pid}: {result.get('message')}")
+                continue
+            conn = Conn(
+                agent.host,
+                agent.pid,
+                int(result["sock"]),
+                "udp",
+                endpoint(result["local"]),
+                endpoint(result["peer"]),
+            )
+            echoes.append(Echo(conn, _served(result["reply"], "udp")))
+    clients_kernel = {
+        c: _kernel(ctx, c, "udp", None, peer=(base.targets[c], bound.port))
+        for c in base.client_hosts
+    }
+    server_kernel = _kernel(
+        ctx, base.server_host, "udp", None, local=(base.listen_address, bound.port)
+    )
+    return UdpEvidence(
+        requested=flows,
+        target_port=bound.port,
+        server_sock=bound.id,
+        server_pid=owner.pid,
+        echoes=tuple(echoes),
+        failures=dict(failures),
+        failure_samples=tuple(samples),
+        clients_kernel=clients_kernel,
+        server_kernel=server_kernel,
+    )
+
+
+def _duplicate(ctx: _Context) -> DuplicateEvidence:
+    """Source address and port reused with SO_REUSEADDR: fine towards a second
+    destination, refused (EADDRNOTAVAIL) towards one the port already talks to."""
+    base = ctx.base
+    agent = ctx.clients[0]
+    host = agent.host
+    target = base.targets[host]
+    other = ctx.servers[0].listen("tcp", 0, base.listen_address, echo=True)
+    # The client's own address towards the server: on a network they share, if any.
+    own = target_address(ctx.host(base.server_host), ctx.host(host), base.family)
+    opened = ctx.opened.setdefault(agent.pid, [])
+    first = agent.connect("tcp", target, base.port, source=own, reuseaddr=True)
+    opened.append(first.id)
+    source, sport = first.local
+    second = agent.connect("tcp", target, other.port, source=source, sport=sport, reuseaddr=True)
+    opened.append(second.id)
+    errno_name: str | None = None
+    message = "the kernel accepted a duplicate five-tuple"
+    try:
+        third = agent.connect("tcp", target, base.port, source=source, sport=sport, reuseaddr=True)
+        third_conn: Conn | None = Conn(
+            host, agent.pid, third.id, "tcp", third.local, third.peer or ("", 0)
+        )
+        opened.append(third.id)
+    except AgentError as exc:
+        errno_name, message, third_conn = exc.errno, str(exc), None
+    kernel = tuple(
+        s for s in diag.sockets(ctx.host(host), "tcp", base.family) if s.local == (source, sport)
+    )
+    conns = [
+        Conn(host, agent.pid, s.id, "tcp", s.local, s.peer or ("", 0)) for s in (first, second)
+    ]
+    if third_conn is not None:
+        message = f"the third socket connected: {_show(third_conn.five_tuple)}"
+    return DuplicateEvidence(host, agent.pid, conns[0], conns[1], errno_name, message, kernel)
+
+
+def _reset(ctx: _Context) -> None:
+    """Reset every client connection: no TIME_WAIT is left to hold the host's ports."""
+
+    def close(agent: Agent) -> None:
+        socks = ctx.opened.get(agent.pid)
+        if socks:
+            agent.request("close_many", socks=socks, linger0=True)
+
+    with contextlib.suppress(HarnessError):  # the agents are ended next anyway
+        parallel(close, ctx.clients)
