@@ -28,6 +28,7 @@ import os
 import selectors
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hostagent.net import Deadlines, endpoint, resolve
@@ -96,9 +97,7 @@ def op_connect_many(agent: HostAgent, req: Request) -> Deferred:
         except UnicodeEncodeError:
             raise OpError("argument 'data' must be encodable as UTF-8") from None
     where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    bulk = _Bulk(
-        agent,
-        req.id,
+    order = _Order(
         proto,
         family,
         kind,
@@ -110,7 +109,8 @@ def op_connect_many(agent: HostAgent, req: Request) -> Deferred:
         payload,
         f"connect {proto} {where}",
     )
-    agent.log(f"connect_many: {count} x {bulk.what}, window {window}")
+    bulk = _Bulk(agent, req.id, order)
+    agent.log(f"connect_many: {count} x {bulk.order.what}, window {window}")
     _pause_gc()
     try:
         bulk.fill()
@@ -144,37 +144,30 @@ def op_close_many(agent: HostAgent, req: Request) -> dict[str, Any]:
     return {"closed": closed, "missing": missing}
 
 
+@dataclass(frozen=True)
+class _Order:
+    """What one connect_many request asks for."""
+
+    proto: str
+    family: int
+    kind: int
+    target: Any
+    bind_to: Any
+    count: int
+    timeout: float
+    window: int
+    payload: bytes | None
+    what: str
+
+
 class _Bulk:
     """One connect_many request: its connections, how many are in flight, the results."""
 
-    def __init__(
-        self,
-        agent: HostAgent,
-        rid: int | str,
-        proto: str,
-        family: int,
-        kind: int,
-        target: Any,
-        bind_to: Any,
-        count: int,
-        timeout: float,
-        window: int,
-        payload: bytes | None,
-        what: str,
-    ) -> None:
+    def __init__(self, agent: HostAgent, rid: int | str, order: _Order) -> None:
         self.agent = agent
         self.rid = rid
-        self.proto = proto
-        self.family = family
-        self.kind = kind
-        self.target = target
-        self.bind_to = bind_to
-        self.count = count
-        self.timeout = timeout
-        self.window = window
-        self.payload = payload
-        self.what = what
-        self.results: list[dict[str, Any] | None] = [None] * count
+        self.order = order
+        self.results: list[dict[str, Any] | None] = [None] * order.count
         self.next = 0  # index of the next connection to start
         self.active = 0  # connections in flight
         self.finished = 0
@@ -191,7 +184,7 @@ class _Bulk:
         """Start connections until `window` are in flight, one slice per loop turn."""
         self.scheduled = False
         started = 0
-        while self.active < self.window and self.next < self.count:
+        while self.active < self.order.window and self.next < self.order.count:
             if started >= SLICE:
                 self._schedule_fill()
                 break
@@ -209,24 +202,26 @@ class _Bulk:
 
     def _open(self, index: int) -> None:
         try:
-            sock = socket.socket(self.family, self.kind | SOCK_NONBLOCK)
+            sock = socket.socket(self.order.family, self.order.kind | SOCK_NONBLOCK)
         except OSError as exc:
-            self.failed(index, OpError.from_os(exc, self.what))
+            self.failed(index, OpError.from_os(exc, self.order.what))
             return
         try:
-            if self.bind_to is not None:
-                if self.family == socket.AF_INET and self.kind == socket.SOCK_STREAM:
+            if self.order.bind_to is not None:
+                if self.order.family == socket.AF_INET and self.order.kind == socket.SOCK_STREAM:
                     # the port is chosen at connect, per destination, as without a bind
                     sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind(self.bind_to)
-            status = sock.connect_ex(self.target)
+                sock.bind(self.order.bind_to)
+            status = sock.connect_ex(self.order.target)
         except OSError as exc:
             sock.close()
-            self.failed(index, OpError.from_os(exc, self.what))
+            self.failed(index, OpError.from_os(exc, self.order.what))
             return
         if status not in _OK_CONNECT:
             sock.close()
-            self.failed(index, OpError.from_os(OSError(status, os.strerror(status)), self.what))
+            self.failed(
+                index, OpError.from_os(OSError(status, os.strerror(status)), self.order.what)
+            )
             return
         peer: list[Any] | None
         try:
@@ -235,10 +230,10 @@ class _Bulk:
             peer = endpoint(sock.getpeername())
         except OSError:  # ENOTCONN: still under way
             peer = None
-        if peer is not None and self.payload is None:
+        if peer is not None and self.order.payload is None:
             self.adopt(index, sock, peer, None)
             return
-        conn = _Conn(self, index, sock, time.monotonic() + self.timeout)
+        conn = _Conn(self, index, sock, time.monotonic() + self.order.timeout)
         self.active += 1
         self.agent.pending.add(sock)
         self.inflight.items.append(conn)
@@ -251,16 +246,16 @@ class _Bulk:
         self, index: int, sock: socket.socket, peer: list[Any], reply: dict[str, Any] | None
     ) -> None:
         """A connected socket becomes an ordinary socket of the agent."""
-        if self.kind == socket.SOCK_STREAM:
+        if self.order.kind == socket.SOCK_STREAM:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as exc:
                 sock.close()
-                self.failed(index, OpError.from_os(exc, self.what))
+                self.failed(index, OpError.from_os(exc, self.order.what))
                 return
-            s = self.agent.add_sock(sock, self.proto, "stream", echo=False, server=False)
+            s = self.agent.add_sock(sock, self.order.proto, "stream", echo=False, server=False)
         else:
-            s = self.agent.add_sock(sock, self.proto, "datagram", echo=False, server=False)
+            s = self.agent.add_sock(sock, self.order.proto, "datagram", echo=False, server=False)
         s.peer = peer
         s.state = "connected"
         result: dict[str, Any] = {"sock": s.id, "local": s.local, "peer": peer}
@@ -280,14 +275,14 @@ class _Bulk:
     def released(self) -> None:
         """A connection in flight ended (either way): make room for the next."""
         self.active -= 1
-        if self.next < self.count:
+        if self.next < self.order.count:
             self._schedule_fill()
         else:
             self._maybe_reply()
 
     def _expire(self, conn: _Conn) -> None:
         what = "echo reply" if conn.waiting_reply else "answer"
-        conn.fail(OpError.timeout(f"{self.what}: no {what} within {self.timeout:g} s"))
+        conn.fail(OpError.timeout(f"{self.order.what}: no {what} within {self.order.timeout:g} s"))
 
     def arm_resend(self) -> None:
         if self.resend_timer is None:
@@ -309,7 +304,7 @@ class _Bulk:
             self.arm_resend()
 
     def _maybe_reply(self) -> None:
-        if self.replied or self.finished < self.count:
+        if self.replied or self.finished < self.order.count:
             return
         self.replied = True
         _resume_gc()
@@ -319,14 +314,14 @@ class _Bulk:
         self.resend_timer = None
         seconds = time.monotonic() - self.started
         self.agent.log(
-            f"connect_many: {self.count - sum(self.failures.values())} connected, "
+            f"connect_many: {self.order.count - sum(self.failures.values())} connected, "
             f"failures {self.failures or 'none'}, {seconds:.3f} s"
         )
         self.agent.reply(
             self.rid,
             {
                 "results": self.results,
-                "connected": self.count - sum(self.failures.values()),
+                "connected": self.order.count - sum(self.failures.values()),
                 "failed": sum(self.failures.values()),
                 "errors": self.failures,
                 "seconds": seconds,
@@ -375,33 +370,33 @@ class _Conn:
                 raise OSError(status, os.strerror(status))
             peer = endpoint(self.sock.getpeername())
         except OSError as exc:  # refused, unreachable, or reset between then and now
-            self.fail(OpError.from_os(exc, self.bulk.what))
+            self.fail(OpError.from_os(exc, self.bulk.order.what))
             return
         self.connected(peer)
 
     def connected(self, peer: list[Any]) -> None:
         bulk = self.bulk
         self.peer = peer
-        if bulk.payload is None:
+        if bulk.order.payload is None:
             self.hand_over(None)
             return
         self.waiting_reply = True
         if not self.send_payload():
             return
         self.want(selectors.EVENT_READ, self.on_readable)
-        if bulk.kind == socket.SOCK_DGRAM:
+        if bulk.order.kind == socket.SOCK_DGRAM:
             bulk.arm_resend()
 
     def send_payload(self) -> bool:
         """Send the probe (a fresh socket's buffer takes a short line); False if it failed."""
-        assert self.bulk.payload is not None
+        assert self.bulk.order.payload is not None
         self.sent_at = time.monotonic()
         try:
-            self.sock.send(self.bulk.payload)
+            self.sock.send(self.bulk.order.payload)
         except BlockingIOError:
             return True  # UDP: as if lost; sent again
         except OSError as exc:
-            self.fail(OpError.from_os(exc, self.bulk.what))
+            self.fail(OpError.from_os(exc, self.bulk.order.what))
             return False
         return True
 
@@ -414,11 +409,13 @@ class _Conn:
         except BlockingIOError:
             return
         except OSError as exc:  # ECONNREFUSED from an ICMP port unreachable, a reset
-            self.fail(OpError.from_os(exc, bulk.what))
+            self.fail(OpError.from_os(exc, bulk.order.what))
             return
-        if bulk.kind == socket.SOCK_STREAM:
+        if bulk.order.kind == socket.SOCK_STREAM:
             if not chunk:
-                self.fail(OpError(f"{bulk.what}: closed by the peer before a reply", kind="eof"))
+                self.fail(
+                    OpError(f"{bulk.order.what}: closed by the peer before a reply", kind="eof")
+                )
                 return
             self.rbuf += chunk
             end = self.rbuf.find(b"\n")
@@ -433,7 +430,7 @@ class _Conn:
             reply = None
         if not isinstance(reply, dict):
             shown = line[:200].decode("utf-8", "replace")
-            self.fail(OpError(f"{bulk.what}: not an echo reply: {shown!r}", kind="bad-reply"))
+            self.fail(OpError(f"{bulk.order.what}: not an echo reply: {shown!r}", kind="bad-reply"))
             return
         self.hand_over({k: reply.get(k) for k in ("pid", "sock", "local", "peer")})
 

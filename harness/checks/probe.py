@@ -15,7 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import shlex
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
@@ -176,18 +176,7 @@ def probe_cells(
     if timeout <= 0:
         raise UsageError(f"a probe timeout must be positive, not {timeout}")
     paced = set(ratelimited) | {n for n, h in lab.hosts.items() if not h.handle.netns_path}
-    chosen: dict[tuple[str, str, int], str] = {}  # a sweep has one target, many ports
-
-    def address_of(cell: Cell) -> str:
-        key = (cell.source, cell.target, cell.family)
-        if key not in chosen:
-            chosen[key] = target_address(lab, cell.source, cell.target, cell.family)
-        return chosen[key]
-
-    resolved = [
-        c if c.address else Cell(c.source, c.target, c.port, c.proto, c.family, address_of(c))
-        for c in cells
-    ]
+    resolved = _with_addresses(lab, cells)
     # One request per source, and a separate one for its paced cells (only those wait).
     requests: dict[tuple[str, bool], list[int]] = {}
     for index, cell in enumerate(resolved):
@@ -221,15 +210,50 @@ def probe_cells(
 
             tail = agent_log_tail(lab, source, 20)
             raise AgentError(f"{exc}\n{tail}", errno=exc.errno, op=exc.op) from None
-        # A sweep answers 65535 cells: read each distinct verdict once, build positionally.
-        kinds = [
-            (str(k["state"]), str(k["reason"]), k.get("errno"), k.get("from"))
-            for k in reply["kinds"]
-        ]
-        for (kind, micros), index in zip(reply["results"], order, strict=True):
-            state, reason, errno, sender = kinds[kind]
-            cell = resolved[indexes[index]]
-            results[indexes[index]] = ProbeResult(
+        for index, result in _read_reply(reply, [resolved[i] for i in indexes], order):
+            results[indexes[index]] = result
+
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, len(requests)))
+    try:
+        for future in [pool.submit(run, *key) for key in requests]:
+            future.result()
+    finally:
+        # On Ctrl-C or an error, do not wait for the other sources' replies: the lab's
+        # teardown ends their agents, which fails the requests their threads wait on.
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [r for r in results if r is not None]
+
+
+def _with_addresses(lab: Lab, cells: Sequence[Cell]) -> list[Cell]:
+    """Each cell with the address it probes: its own, or the target's toward the source."""
+    chosen: dict[tuple[str, str, int], str] = {}  # a sweep has one target, many ports
+
+    def address_of(cell: Cell) -> str:
+        key = (cell.source, cell.target, cell.family)
+        if key not in chosen:
+            chosen[key] = target_address(lab, cell.source, cell.target, cell.family)
+        return chosen[key]
+
+    return [
+        c if c.address else Cell(c.source, c.target, c.port, c.proto, c.family, address_of(c))
+        for c in cells
+    ]
+
+
+def _read_reply(
+    reply: dict[str, Any], cells: Sequence[Cell], order: Sequence[int]
+) -> Iterator[tuple[int, ProbeResult]]:
+    """(index into `cells`, its result) from a probe reply. A sweep answers 65535 cells:
+    each distinct verdict is read once and the results are built positionally."""
+    kinds = [
+        (str(k["state"]), str(k["reason"]), k.get("errno"), k.get("from")) for k in reply["kinds"]
+    ]
+    for (kind, micros), index in zip(reply["results"], order, strict=True):
+        state, reason, errno, sender = kinds[kind]
+        cell = cells[index]
+        yield (
+            index,
+            ProbeResult(
                 state,
                 reason,
                 cell.address or "",
@@ -242,17 +266,8 @@ def probe_cells(
                 cell.family,
                 errno,
                 sender,
-            )
-
-    pool = concurrent.futures.ThreadPoolExecutor(max(1, len(requests)))
-    try:
-        for future in [pool.submit(run, *key) for key in requests]:
-            future.result()
-    finally:
-        # On Ctrl-C or an error, do not wait for the other sources' replies: the lab's
-        # teardown ends their agents, which fails the requests their threads wait on.
-        pool.shutdown(wait=False, cancel_futures=True)
-    return [r for r in results if r is not None]
+            ),
+        )
 
 
 def _request_targets(cells: Sequence[Cell]) -> tuple[list[dict[str, Any]], list[int]]:

@@ -162,7 +162,8 @@ def _report_shadowed(
         )
 
 
-def _check_rule(checker: Checker, path: Path, raw: RawRule) -> tuple[FirewallRule, _Match] | None:
+def _rule_action(checker: Checker, path: Path, raw: RawRule) -> Action | None:
+    """The rule's one action (allow, reject, drop), or None after saying what is wrong."""
     given = [a for a in _ACTIONS if getattr(raw, a) is not None]
     if not given:
         checker.problem(
@@ -179,7 +180,51 @@ def _check_rule(checker: Checker, path: Path, raw: RawRule) -> tuple[FirewallRul
             at_key=True,
         )
         return None
-    action = given[0]
+    return given[0]
+
+
+def _reject_with_ok(checker: Checker, path: Path, raw: RawRule, action: str, proto: str) -> bool:
+    """`with` belongs to a reject, and a TCP reset answers only TCP."""
+    if raw.with_ is None:
+        return True
+    if action != "reject":
+        checker.problem(
+            (*path, "with"),
+            f"`with` says how a reject answers, but this rule is {action}",
+            "remove `with`, or make the rule a reject",
+            at_key=True,
+        )
+        return False
+    if raw.with_ == "reset" and proto != "tcp":
+        checker.problem(
+            (*path, "with"),
+            f"a TCP reset cannot answer {proto}",
+            "use port-unreachable, admin-prohibited or host-unreachable, or reject tcp",
+        )
+        return False
+    return True
+
+
+def _rule_families(checker: Checker, path: Path, raw: RawRule, proto: str) -> set[int] | None:
+    """The IP families the rule can match: its `family`, narrowed by an ICMP protocol."""
+    families: set[int] = {4, 6} if raw.family is None else {raw.family}
+    if proto not in _PROTO_FAMILY:
+        return families
+    if raw.family is not None and raw.family != _PROTO_FAMILY[proto]:
+        other = "icmpv6" if proto == "icmp" else "icmp"
+        checker.problem(
+            (*path, "family"),
+            f"{proto} is IPv{_PROTO_FAMILY[proto]} only, but the rule says family {raw.family}",
+            f"match {other} for IPv{raw.family}, or remove `family`",
+        )
+        return None
+    return {_PROTO_FAMILY[proto]}
+
+
+def _check_rule(checker: Checker, path: Path, raw: RawRule) -> tuple[FirewallRule, _Match] | None:
+    action = _rule_action(checker, path, raw)
+    if action is None:
+        return None
     proto = getattr(raw, action)
     ok = True
     ports = read_ports(checker, path, raw.port, raw.ports)
@@ -192,35 +237,12 @@ def _check_rule(checker: Checker, path: Path, raw: RawRule) -> tuple[FirewallRul
             at_key=True,
         )
         ok = False
-    if raw.with_ is not None:
-        if action != "reject":
-            checker.problem(
-                (*path, "with"),
-                f"`with` says how a reject answers, but this rule is {action}",
-                "remove `with`, or make the rule a reject",
-                at_key=True,
-            )
-            ok = False
-        elif raw.with_ == "reset" and proto != "tcp":
-            checker.problem(
-                (*path, "with"),
-                f"a TCP reset cannot answer {proto}",
-                "use port-unreachable, admin-prohibited or host-unreachable, or reject tcp",
-            )
-            ok = False
-    families = {4, 6}
-    if raw.family is not None:
-        families = {raw.family}
-    if proto in _PROTO_FAMILY:
-        if raw.family is not None and raw.family != _PROTO_FAMILY[proto]:
-            other = "icmpv6" if proto == "icmp" else "icmp"
-            checker.problem(
-                (*path, "family"),
-                f"{proto} is IPv{_PROTO_FAMILY[proto]} only, but the rule says family {raw.family}",
-                f"match {other} for IPv{raw.family}, or remove `family`",
-            )
-            ok = False
-        families = {_PROTO_FAMILY[proto]}
+    ok = _reject_with_ok(checker, path, raw, action, proto) and ok
+    checked = _rule_families(checker, path, raw, proto)
+    ok = checked is not None and ok
+    # with a contradiction in `family`, the peers are still read (and checked) as the
+    # protocol's own family, so every problem of the rule is reported at once
+    families = checked if checked is not None else {_PROTO_FAMILY[proto]}
     sources = _read_peers(checker, path, "from", raw.from_, families)
     destinations = _read_peers(checker, path, "to", raw.to, families)
     if sources is None or destinations is None or ports is None or not ok:

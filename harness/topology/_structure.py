@@ -202,19 +202,7 @@ def _wrong_value(error: ErrorDetails, loc: Path, value: Any) -> tuple[str, str]:
     got = describe(value)
     under = loc[2] if len(loc) == 4 and loc[0] == "hosts" else None  # hosts.h.<under>.x
     if kind == "string_type":
-        if under == "networks":
-            n = loc[3]
-            return (
-                f"expected an address, auto or a mapping, got {got}",
-                f"e.g. `{n}: 10.0.1.11`, `{n}: auto` or `{n}: {{address: 10.0.1.11}}`",
-            )
-        if under == "sysctls":
-            return f"expected a number or text, got {got}", "write one value, e.g. 4096"
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return f"expected text, got {got}", f'write it in quotes: "{value}"'
-        if value is None:
-            return "expected text, got nothing", "give a value, or remove the key"
-        return f"expected text, got {got}", "write a single value"
+        return _not_text(loc, value, got, under)
     if kind == "bool_type":
         if isinstance(value, str) and value.lower() in ("yes", "no", "on", "off", "y", "n"):
             return f"expected true or false, got {got}", "write true or false (yes/no are text)"
@@ -224,24 +212,7 @@ def _wrong_value(error: ErrorDetails, loc: Path, value: Any) -> tuple[str, str]:
             return f"expected a number, got {got}", f"remove the quotes: {value.strip()}"
         return f"expected a whole number, got {got}", "write a number such as 443"
     if kind in ("dict_type", "model_type"):
-        fix = "write `key: value` pairs (or {} for none)"
-        if loc[0] == "networks" and len(loc) == 2:
-            fix = f"e.g. `{loc[1]}: {{subnet: 10.0.1.0/24}}`"
-        elif loc[0] == "hosts" and len(loc) == 2:
-            fix = (
-                f"e.g. `{loc[1]}: {{networks: {{lan: auto}}}}`, or {{}} for a host with no settings"
-            )
-        elif loc[0] == "hosts" and loc[2:] == ("ssh",):
-            fix = "e.g. `ssh: {address: 10.0.5.11, user: tester}`"
-        elif under == "routes":
-            fix = "e.g. `- {to: default, via: 10.0.1.1}`"
-        elif under == "services":
-            fix = "e.g. `- {proto: tcp, port: 22}`"
-        elif loc[:1] == ("expect",) and len(loc) == 2:
-            fix = "e.g. `- {from: h1, to: h2, proto: tcp, port: 443, state: open}`"
-        elif len(loc) == 6 and loc[4] == "rules":
-            fix = "e.g. `- {allow: tcp, port: 443}`"
-        return f"expected a mapping, got {got}", fix
+        return f"expected a mapping, got {got}", _mapping_example(loc, under)
     if kind == "list_type":
         return f"expected a list, got {got}", "write a list: `- item` lines, or [item, ...]"
     if kind == "literal_error":
@@ -251,6 +222,44 @@ def _wrong_value(error: ErrorDetails, loc: Path, value: Any) -> tuple[str, str]:
         low, high = _bounds(loc)
         return f"{value} is out of range", f"use a number from {low} to {high}"
     return error["msg"], ""  # pragma: no cover - every type the raw models produce is above
+
+
+def _not_text(loc: Path, value: Any, got: str, under: Any) -> tuple[str, str]:
+    """Where text was expected: what was there, and how to write it."""
+    if under == "networks":
+        n = loc[3]
+        return (
+            f"expected an address, auto or a mapping, got {got}",
+            f"e.g. `{n}: 10.0.1.11`, `{n}: auto` or `{n}: {{address: 10.0.1.11}}`",
+        )
+    if under == "sysctls":
+        return f"expected a number or text, got {got}", "write one value, e.g. 4096"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"expected text, got {got}", f'write it in quotes: "{value}"'
+    if value is None:
+        return "expected text, got nothing", "give a value, or remove the key"
+    return f"expected text, got {got}", "write a single value"
+
+
+def _mapping_example(loc: Path, under: Any) -> str:
+    """How the mapping expected at `loc` is written."""
+    if loc[0] == "networks" and len(loc) == 2:
+        return f"e.g. `{loc[1]}: {{subnet: 10.0.1.0/24}}`"
+    if loc[0] == "hosts" and len(loc) == 2:
+        return f"e.g. `{loc[1]}: {{networks: {{lan: auto}}}}`, or {{}} for a host with no settings"
+    if loc[0] == "hosts" and loc[2:] == ("ssh",):
+        return "e.g. `ssh: {address: 10.0.5.11, user: tester}`"
+    examples = {
+        "routes": "e.g. `- {to: default, via: 10.0.1.1}`",
+        "services": "e.g. `- {proto: tcp, port: 22}`",
+    }
+    if under in examples:
+        return examples[under]
+    if loc[:1] == ("expect",) and len(loc) == 2:
+        return "e.g. `- {from: h1, to: h2, proto: tcp, port: 443, state: open}`"
+    if len(loc) == 6 and loc[4] == "rules":
+        return "e.g. `- {allow: tcp, port: 443}`"
+    return "write `key: value` pairs (or {} for none)"
 
 
 def _bounds(loc: Path) -> tuple[Any, Any]:

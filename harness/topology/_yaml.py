@@ -18,7 +18,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, ReusedAnchorWarning, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
-from ruamel.yaml.scanner import RoundTripScanner
+from ruamel.yaml.scanner import Scanner
 
 from harness.errors import Problem
 from harness.topology._paths import Path, format_path, printable
@@ -44,7 +44,7 @@ class _TooDeep(YAMLError):
         self.mark = mark
 
 
-class _Scanner(RoundTripScanner):
+class _Scanner(Scanner):
     """ruamel's scanner, stopping at `_MAX_NESTING` levels of nesting.
 
     Every open flow collection makes each later token slower to scan (seconds for a few
@@ -104,7 +104,7 @@ def compose(text: str, filename: str) -> tuple[Document | None, list[Problem]]:
             # YAML allows an anchor to be defined again (aliases use the latest); ruamel
             # warns about it, and a warning must not escape a pure parse.
             warnings.simplefilter("ignore", ReusedAnchorWarning)
-            yaml = YAML(typ="rt")
+            yaml = YAML(typ="safe", pure=True)
             yaml.Scanner = _Scanner
             node = yaml.compose(text)
     except _TooDeep as exc:

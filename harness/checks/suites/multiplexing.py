@@ -132,7 +132,7 @@ class Evidence:
 # ---- running -----------------------------------------------------------------------------
 
 
-def run(
+def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     lab: Lab,
     *,
     server: str | None = None,
@@ -170,7 +170,7 @@ def not_run(reason: str) -> list[Check]:
     return all_errors(NAME, EXPECTED, reason)
 
 
-def gather(
+def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     lab: Lab,
     *,
     server: str | None = None,
@@ -183,18 +183,7 @@ def gather(
     timeout: float = 30.0,
 ) -> Evidence:
     """Start the processes, let every client talk to every port at once, collect it all."""
-    for name, value, low in (
-        ("processes", processes, 1),
-        ("clients_per_host", clients_per_host, 1),
-        ("connections", connections, 1),
-        ("messages", messages, 1),
-    ):
-        if not isinstance(value, int) or value < low:
-            raise UsageError(f"multiplexing: {name} must be an integer >= {low}, not {value!r}")
-    if family not in (4, 6):
-        raise UsageError(f"multiplexing: family must be 4 or 6, not {family!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise UsageError(f"multiplexing: timeout must be a positive number, not {timeout!r}")
+    _check_options(processes, clients_per_host, connections, messages, family, timeout)
     roles = pick_roles(lab, server, clients, min_clients=2)
     started = time.perf_counter()
     server_host = lab.hosts[roles.server]
@@ -253,6 +242,28 @@ def gather(
         kernel_listeners=kernel,
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_options(
+    processes: int,
+    clients_per_host: int,
+    connections: int,
+    messages: int,
+    family: int,
+    timeout: float,
+) -> None:
+    for name, value, low in (
+        ("processes", processes, 1),
+        ("clients_per_host", clients_per_host, 1),
+        ("connections", connections, 1),
+        ("messages", messages, 1),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise UsageError(f"multiplexing: {name} must be an integer >= {low}, not {value!r}")
+    if family not in (4, 6):
+        raise UsageError(f"multiplexing: family must be 4 or 6, not {family!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise UsageError(f"multiplexing: timeout must be a positive number, not {timeout!r}")
 
 
 def _with_events(record: Server, agent: Agent) -> Server:
@@ -428,23 +439,7 @@ def _delivered(evidence: Evidence, proto: str) -> tuple[bool, str, dict[str, Any
             echoed += 1
         if expected - answered and not flow.lost and flow.error is None:
             problems.add(f"{flow.tag}: no echo for {', '.join(sorted(expected - answered))}")
-    # The receiving side's account: nothing reached a process from a client that did not
-    # address that process's port.
-    addressed: dict[int, set[Endpoint]] = defaultdict(set)
-    for flow in flows:
-        if flow.local is not None:
-            addressed[flow.target[1]].add(plain(flow.local))
-    stray = 0
-    for s in evidence.servers:
-        port = (s.tcp if proto == "tcp" else s.udp)[1]
-        arrivals = s.accepted if proto == "tcp" else s.datagrams
-        for arrival in arrivals:
-            if plain(arrival.peer) not in addressed[port] or arrival.local[1] != port:
-                stray += 1
-                problems.add(
-                    f"pid {s.pid} (port {port}) received from {show(arrival.peer)} on "
-                    f"{show(arrival.local)}, a client that did not address it"
-                )
+    stray = _stray_arrivals(evidence, proto, flows, problems)
     ports_ok = sum(
         1 for port, pids in per_port.items() if port in owners and set(pids) == {owners[port].pid}
     )
@@ -475,6 +470,29 @@ def _delivered(evidence: Evidence, proto: str) -> tuple[bool, str, dict[str, Any
     }
     ok = not problems and echoed == sent and sent > 0
     return ok, observed, details
+
+
+def _stray_arrivals(
+    evidence: Evidence, proto: str, flows: Sequence[Flow], problems: _Problems
+) -> int:
+    """The receiving side's account: what reached a process from a client that did not
+    address that process's port (each one a problem)."""
+    addressed: dict[int, set[Endpoint]] = defaultdict(set)
+    for flow in flows:
+        if flow.local is not None:
+            addressed[flow.target[1]].add(plain(flow.local))
+    stray = 0
+    for s in evidence.servers:
+        port = (s.tcp if proto == "tcp" else s.udp)[1]
+        arrivals = s.accepted if proto == "tcp" else s.datagrams
+        for arrival in arrivals:
+            if plain(arrival.peer) not in addressed[port] or arrival.local[1] != port:
+                stray += 1
+                problems.add(
+                    f"pid {s.pid} (port {port}) received from {show(arrival.peer)} on "
+                    f"{show(arrival.local)}, a client that did not address it"
+                )
+    return stray
 
 
 def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 # ---- running -----------------------------------------------------------------------------
 
 
-def run(
+def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     lab: Lab,
     *,
     server: str | None = None,

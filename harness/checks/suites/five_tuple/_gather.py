@@ -46,7 +46,7 @@ from harness.checks.suites.five_tuple._evidence import (
 )
 
 
-def gather(
+def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     lab: Lab,
     *,
     server: str | None = None,
@@ -68,25 +68,10 @@ def gather(
     roles = pick_roles(lab, server, clients)
     server_host = lab.hosts[roles.server]
     targets = {c: target_address(lab.hosts[c], server_host, family) for c in roles.clients}
-    notes: list[str] = []
-    cap = per_process_limit()
-    per_host = math.ceil(connections / len(roles.clients))
-    if per_host > processes_per_client * cap:
-        processes_per_client = math.ceil(per_host / cap)
-        notes.append(
-            f"processes_per_client raised to {processes_per_client}: one process holds at "
-            f"most {cap} connections under this machine's open-files limit"
-        )
-    if server_processes is None:
-        # Two at least: one Python process accepting alone falls behind several that
-        # connect, its accept queue overflows, and every SYN dropped then costs the
-        # client a one-second retransmission.
-        server_processes = max(2, math.ceil(connections / cap))
-    if expect_translation is None:
-        expect_translation = translation_expected(lab)
-        source = "the topology's nft rules" if expect_translation else "no NAT in the topology"
-    else:
-        source = "the expect_translation option"
+    processes_per_client, server_processes, notes = _processes(
+        connections, len(roles.clients), processes_per_client, server_processes
+    )
+    expect_translation, source = _expectation(lab, expect_translation)
     unique_targets = set(targets.values())
     listen_address = (
         unique_targets.pop() if len(unique_targets) == 1 else ("0.0.0.0" if family == 4 else "::")
@@ -99,8 +84,6 @@ def gather(
         agents.append(agent)
         return agent
 
-    evidence: dict[str, Any] = {}
-    errors: dict[str, str] = {}
     try:
         servers = parallel(lambda _i: start(roles.server), range(server_processes))
         client_agents = parallel(
@@ -128,22 +111,62 @@ def gather(
             notes=tuple(notes),
         )
         ctx = _Context(lab, base, servers, client_agents, listeners, window, timeout)
-        for phase, collect in (
-            ("tcp", lambda: _tcp(ctx, connections, echo_sample)),
-            ("udp", lambda: _udp(ctx, udp_flows)),
-            ("duplicate", lambda: _duplicate(ctx)),
-        ):
-            try:
-                evidence[phase] = collect()
-            except (HarnessError, OSError, ValueError, KeyError, TypeError) as exc:
-                # The phase's checks become errors with this reason; the others still run.
-                errors[phase] = f"{type(exc).__name__}: {exc}"
+        evidence, errors = _phases(ctx, connections, echo_sample, udp_flows)
         _reset(ctx)
     finally:
         parallel(lambda agent: agent.close(), agents)
     return dataclasses.replace(
         base, **evidence, errors=errors, seconds=time.perf_counter() - started
     )
+
+
+def _phases(
+    ctx: _Context, connections: int, echo_sample: int, udp_flows: int
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """TCP, UDP and the duplicate, in turn: each phase's evidence, or why it has none."""
+    evidence: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for phase, collect in (
+        ("tcp", lambda: _tcp(ctx, connections, echo_sample)),
+        ("udp", lambda: _udp(ctx, udp_flows)),
+        ("duplicate", lambda: _duplicate(ctx)),
+    ):
+        try:
+            evidence[phase] = collect()
+        except (HarnessError, OSError, ValueError, KeyError, TypeError) as exc:
+            # The phase's checks become errors with this reason; the others still run.
+            errors[phase] = f"{type(exc).__name__}: {exc}"
+    return evidence, errors
+
+
+def _processes(
+    connections: int, clients: int, per_client: int, servers: int | None
+) -> tuple[int, int, list[str]]:
+    """Client processes per host and server processes enough for `connections` under
+    this machine's open-files limit, with a note for what was raised."""
+    notes: list[str] = []
+    cap = per_process_limit()
+    per_host = math.ceil(connections / clients)
+    if per_host > per_client * cap:
+        per_client = math.ceil(per_host / cap)
+        notes.append(
+            f"processes_per_client raised to {per_client}: one process holds at "
+            f"most {cap} connections under this machine's open-files limit"
+        )
+    if servers is None:
+        # Two at least: one Python process accepting alone falls behind several that
+        # connect, its accept queue overflows, and every SYN dropped then costs the
+        # client a one-second retransmission.
+        servers = max(2, math.ceil(connections / cap))
+    return per_client, servers, notes
+
+
+def _expectation(lab: Lab, expected: bool | None) -> tuple[bool, str]:
+    """Whether a translation is expected, and what says so."""
+    if expected is not None:
+        return expected, "the expect_translation option"
+    expected = translation_expected(lab)
+    return expected, ("the topology's nft rules" if expected else "no NAT in the topology")
 
 
 @dataclass

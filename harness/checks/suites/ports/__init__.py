@@ -72,7 +72,7 @@ from harness.checks.suites.ports._context import (
 from harness.checks.suites.ports._ephemeral import _ephemeral
 
 
-def run(
+def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     lab: Lab,
     *,
     server: str | None = None,
