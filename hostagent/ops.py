@@ -105,6 +105,14 @@ def op_info(agent: HostAgent, req: Request) -> dict[str, Any]:
     }
 
 
+def _reuse(sock: socket.socket, reuseaddr: bool, reuseport: bool) -> None:
+    """SO_REUSEADDR and SO_REUSEPORT as asked, before the socket binds."""
+    if reuseaddr:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
 @register(
     "listen", "proto", "address", "port", "backlog", "reuseaddr", "reuseport", "v6only", "echo"
 )
@@ -124,10 +132,7 @@ def op_listen(agent: HostAgent, req: Request) -> dict[str, Any]:
     what = f"listen {proto} {_where(address, port)}"
     sock = _new_socket(family, kind, what)
     try:
-        if reuseaddr:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _reuse(sock, reuseaddr, reuseport)
         if v6only is not None:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(sockaddr)
@@ -168,10 +173,7 @@ def op_connect(agent: HostAgent, req: Request) -> dict[str, Any] | Deferred:
     what = f"connect {proto} {_where(address, port)}"
     sock = _new_socket(family, kind, what)
     try:
-        if reuseaddr:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _reuse(sock, reuseaddr, reuseport)
         if bind_to is not None:
             sock.bind(bind_to)
         if proto == "udp":

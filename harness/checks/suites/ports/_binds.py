@@ -328,13 +328,7 @@ def _privileged(ctx: _Context, options: _Options) -> Judgement:
     binds = [ctx.bind(user, proto, "0.0.0.0", port, expected="EACCES") for proto in ("tcp", "udp")]
     binds += [ctx.bind(root, proto, "0.0.0.0", port, expected="bound") for proto in ("tcp", "udp")]
     binds.append(ctx.bind(user, "tcp", "0.0.0.0", 0, expected="bound"))
-    ok, observed, evidence = _rows(binds, "binds")
-    observed = f"{host} (ip_unprivileged_port_start = {start}), port {port}: " + observed
-    return (
-        ok,
-        observed,
-        {**evidence, "host": host, "ip_unprivileged_port_start": start, "uid": info.uid},
-    )
+    return _judged_at_start(binds, host, start, info, f", port {port}")
 
 
 def _lowered(ctx: _Context, options: _Options) -> Judgement:
@@ -369,13 +363,7 @@ def _lowered_on(ctx: _Context, host: str, start: int) -> Judgement:
             ctx.bind(user, proto, "0.0.0.0", start - 1, expected="EACCES")
             for proto in ("tcp", "udp")
         ]
-    ok, observed, evidence = _rows(binds, "binds")
-    observed = f"{host} (ip_unprivileged_port_start = {start}): " + observed
-    return (
-        ok,
-        observed,
-        {**evidence, "host": host, "ip_unprivileged_port_start": start, "uid": info.uid},
-    )
+    return _judged_at_start(binds, host, start, info)
 
 
 # ---- port 0 -----------------------------------------------------------------------------
@@ -406,3 +394,13 @@ def _port_zero(ctx: _Context, options: _Options) -> Judgement:
         observed,
         {"binds": [b.row() for b in binds], "ip_local_port_range": [low, high]},
     )
+
+
+def _judged_at_start(
+    binds: list[Bind], host: str, start: int, info: AgentInfo, where: str = ""
+) -> Judgement:
+    """The binds' verdict, told with the host's ip_unprivileged_port_start and the uid."""
+    ok, observed, evidence = _rows(binds, "binds")
+    observed = f"{host} (ip_unprivileged_port_start = {start}){where}: " + observed
+    extra = {"host": host, "ip_unprivileged_port_start": start, "uid": info.uid}
+    return ok, observed, {**evidence, **extra}

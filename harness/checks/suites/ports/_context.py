@@ -385,3 +385,10 @@ def _sysctl_for_check(ctx: _Context, host: str, key: str, value: str) -> Iterato
 
 def _listing(values: Mapping[str, Any]) -> str:
     return ", ".join(f"{host}: {value}" for host, value in values.items())
+
+
+def _verdict(problems: list[str], observed: str, evidence: dict[str, Any]) -> Judgement:
+    """Passed when nothing is wrong; what is wrong is told after what was observed."""
+    if problems:
+        observed += "; " + "; ".join(problems)
+    return not problems, observed, evidence

@@ -25,6 +25,7 @@ from harness.checks.suites.ports._context import (
     _listing,
     _tcp_sockets,
     _Unavailable,
+    _verdict,
     _wait_for,
 )
 
@@ -191,10 +192,8 @@ def _judge_exhaustion(state: _Exhaustion) -> Judgement:
         f"{len(state.conns)} connections to {target} from ports {sorted(sports)}; "
         f"connection {len(state.conns) + 1}: {state.refused}"
     )
-    if problems:
-        observed += "; " + "; ".join(problems)
-    return (
-        not problems,
+    return _verdict(
+        problems,
         observed,
         {
             "client_host": state.host,
@@ -242,9 +241,7 @@ def _other_destination(ctx: _Context, state: _Exhaustion) -> Judgement:
             for r in rows
         )
     )
-    if problems:
-        observed += "; " + "; ".join(problems)
-    return not problems, observed, {"client_pid": state.client_pid, "connections": rows}
+    return _verdict(problems, observed, {"client_pid": state.client_pid, "connections": rows})
 
 
 def _ephemeral_time_wait(ctx: _Context, state: _Exhaustion) -> Judgement:
@@ -295,10 +292,8 @@ def _ephemeral_time_wait(ctx: _Context, state: _Exhaustion) -> Judgement:
         f"{state.host} toward {show(target)}; a new connection there (tcp_tw_reuse = "
         f"{tw_reuse}): {result}"
     )
-    if problems:
-        observed += "; " + "; ".join(problems)
-    return (
-        not problems,
+    return _verdict(
+        problems,
         observed,
         {
             "client_host": state.host,
