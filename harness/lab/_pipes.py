@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from harness.backends.base import Process
 
 
+REAP_TIMEOUT = 5.0  # a SIGKILLed process is reaped in milliseconds; never wait forever
+
+
 async def communicate(
     start: Callable[[tuple[int, int, int]], Awaitable[Process]], stdin: bytes, timeout: float
 ) -> tuple[int, bytes, bytes]:
@@ -44,6 +47,9 @@ async def communicate(
         )
     except TimeoutError:
         process.kill(signal.SIGKILL)
+        # Reaped before we say so: nothing this call started outlives it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), REAP_TIMEOUT)
         raise
     finally:
         for fd in (out_read, err_read):

@@ -183,6 +183,8 @@ class HostRuntime:
                 f"(backend {self.handle.backend})",
                 host=self.name,
             ) from None
+        # Their pipes go with them (what they said stays readable in their event logs).
+        await asyncio.gather(*(a.channel.aclose(timeout=0) for a in agents))
         return len(agents)
 
     async def restart(self, timeout: float) -> None:
