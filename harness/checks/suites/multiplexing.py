@@ -499,6 +499,7 @@ def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
     owners = _owners(evidence, "udp")
     problems = _Problems()
     table: list[dict[str, Any]] = []
+    reuses = 0
     for port, s in sorted(owners.items()):
         flows = [f for f in evidence.flows if f.proto == "udp" and f.target[1] == port]
         sources = [plain(f.local) for f in flows if f.local is not None]
@@ -507,9 +508,10 @@ def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
         socks = {r.sock for f in flows for r in f.replies} | {d.sock for d in s.datagrams}
         if socks != {s.udp_sock}:
             problems.add(f"port {port}: answered by sockets {sorted(socks)}, not {s.udp_sock}")
-        for source, count in Counter(sources).items():
-            if count > 1:
-                problems.add(f"port {port}: {count} client sockets share source {show(source)}")
+        shared, reused = _shared_sources(flows)
+        for source, count in shared.items():
+            problems.add(f"port {port}: {count} client sockets share source {show(source)}")
+        reuses += reused
         for f in flows:
             if f.local is None:
                 continue
@@ -549,8 +551,40 @@ def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
         for f in evidence.flows
         if f.proto == "udp" and f.target[1] == sample_port and f.local is not None
     )
-    details = {"ports": table, "sample_port_sources": sources_of_sample, **problems.evidence()}
+    details = {
+        "ports": table,
+        "sample_port_sources": sources_of_sample,
+        # not a problem: see _shared_sources
+        "sources_reused_by_another_process": reuses,
+        **problems.evidence(),
+    }
     return not problems and bool(table), observed, details
+
+
+def _shared_sources(flows: Sequence[Flow]) -> tuple[dict[Endpoint, int], int]:
+    """Sources that client sockets open at the same time, or on two hosts, share (a
+    problem), and how many sockets reused a source another process of their host had used
+    (not one). One client process holds
+    all its flows open until its exchange ends, so its sockets overlap; two processes'
+    exchanges need not (on a busy machine one may end before the other starts), and UDP,
+    without TIME_WAIT, hands a closed socket's port to the next one that asks."""
+    by_process: dict[tuple[str, int], list[Endpoint]] = defaultdict(list)
+    for f in flows:
+        if f.local is not None:
+            by_process[(f.host, f.pid)].append(plain(f.local))
+    shared: Counter[Endpoint] = Counter()
+    for sources in by_process.values():
+        shared.update({s: c for s, c in Counter(sources).items() if c > 1})
+    hosts: dict[Endpoint, set[str]] = defaultdict(set)
+    for (host, _pid), sources in by_process.items():
+        for source in sources:
+            hosts[source].add(host)
+    for source, on in hosts.items():
+        if len(on) > 1:  # two hosts never own one address: no reuse explains it
+            shared[source] = max(shared[source], len(on))
+    everyone = Counter(s for sources in by_process.values() for s in set(sources))
+    reused = sum(c - 1 for s, c in everyone.items() if c > 1 and s not in shared)
+    return dict(shared), reused
 
 
 def _tcp_socket_per_connection(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
