@@ -56,11 +56,45 @@ class Route:
 
 @dataclass(frozen=True)
 class Service:
-    """A listener opened when the lab comes up; `address` None means every address."""
+    """A listener of the host; `address` None means every address.
+
+    `process` None: the host agent opens it at bring-up. Otherwise the name of a `run:`
+    program of the host (or "main", a docker host's own main process) that listens there
+    itself: bring-up waits for it, and `check` verifies that process owns the socket.
+    """
 
     proto: Literal["tcp", "udp"]
     port: int
     address: str | None
+    process: str | None = None
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A program is ready once a socket of the host listens on `proto`/`port` (TCP in
+    LISTEN, UDP bound), seen through sock_diag."""
+
+    proto: Literal["tcp", "udp"]
+    port: int
+
+
+@dataclass(frozen=True)
+class Program:
+    """One `run:` entry: a process of the user's started in the host at bring-up, after
+    its networks, routes, sysctls, firewall and services, in file order.
+
+    `argv` is the command split as a shell would (no shell runs it); `user` None runs it
+    as the backend's default user (root for netns hosts, the image's user for docker
+    hosts); `cwd` None is the backend's default directory.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    user: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    ready: tuple[Ready, ...] = ()
+    ready_timeout: float = 10.0  # seconds, for every `ready` socket together
 
 
 RuleProto = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
@@ -128,6 +162,9 @@ class Expectation:
     address: str | None  # the target address to probe; None: the probe layer picks one
     line: int  # 1-based line and column of the entry in the file
     column: int
+    # A process name of the target (`run:` name or "main"): the probe's connection must
+    # be accepted by that process, seen on the server side through sock_diag.
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +217,17 @@ class Host:
     image: str | None = None  # docker hosts: the image (None: netharness/host:<version>)
     firewall: Firewall | None = None  # the policy, applied before `nft`
     ssh: SshTarget | None = None  # set exactly when backend is "ssh"
+    run: tuple[Program, ...] = ()  # the user's processes, started in this order
+    # docker hosts: replaces the image's CMD (the ENTRYPOINT stays), as `docker run IMAGE
+    # ARGS` does; None: the image's own
+    command: tuple[str, ...] | None = None
+
+    def program(self, name: str) -> Program:
+        """The `run:` entry called `name`; KeyError if there is none."""
+        for program in self.run:
+            if program.name == name:
+                return program
+        raise KeyError(f"host {self.name} runs no program {name!r}")
 
     def interface(self, network: str) -> Interface:
         """The interface of this host on `network`; KeyError if it is not connected."""
