@@ -5,7 +5,8 @@
     ├── UsageError               a call or command that cannot be (unknown host, lab not up)
     ├── EnvironmentProblem       the machine cannot run a lab (not root, missing tool, ...)
     ├── BackendError             a backend or netlink operation failed (host, errno)
-    │   └── HostKeyRefused       an ssh host's key is unknown or changed (before auth)
+    │   ├── HostKeyRefused       an ssh host's key is unknown or changed (before auth)
+    │   └── ProcessFailed        a user's process or a container's main process failed
     ├── AgentError               the host agent replied with an error (errno name)
     │   └── AgentGone            the agent process exited or its pipe closed
     ├── LabNotFound              no running lab with that id
@@ -90,6 +91,23 @@ class HostKeyRefused(BackendError):
     was sent to it. An environment problem: the user decides whom to trust."""
 
     exit_code = 3
+
+
+class ProcessFailed(BackendError):
+    """A process of the user's (a `run:` program, `host.start`, a docker host's main
+    process) exited early, never became ready, or could not be started: the cause and
+    the tail of its log. A failure of the user's software or the environment: exit 3."""
+
+    exit_code = 3
+
+    def __init__(
+        self, message: str, *, host: str | None = None, process: str = "", log_tail: str = ""
+    ) -> None:
+        self.process = process
+        self.log_tail = log_tail
+        tail = "".join(f"\n  | {line}" for line in log_tail.splitlines())
+        named = f"process {process}: " if process else ""
+        super().__init__(named + message + (f"; its log ends:{tail}" if tail else ""), host=host)
 
 
 class AgentError(HarnessError):
