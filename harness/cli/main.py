@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from harness.cli._bringup import bring_up, lab_options, progress_shown, refuse_bringup_options
 from harness.cli._console import err, out
-from harness.cli.ssh import backend_options, host_key_options
 from harness.core import ledger as _ledger
 from harness.errors import HarnessError, LabNotFound, TopologyError, UsageError
 
@@ -108,31 +108,10 @@ def validate(files: tuple[Path, ...]) -> None:
 @app.command()
 @topology_argument
 @json_option
-@click.option(
-    "--backend", default=None, help="Backend for every host (default: each host's own, netns)."
-)
-@click.option("--build", is_flag=True, help="Build the docker host image first if needed.")
-@progress_option
-@click.option("--capture", is_flag=True, help="Record every network to a pcap.")
-@click.option(
-    "--capture-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Where pcaps go (default: the lab's ledger directory, removed with the lab).",
-)
-def up(
-    topology: Path,
-    json_out: bool,
-    backend: str | None,
-    build: bool,
-    progress: bool | None,
-    capture: bool,
-    capture_dir: Path | None,
-) -> None:
+@lab_options
+def up(topology: Path, json_out: bool) -> None:
     """Bring a lab up and leave it running; prints its id and hosts."""
     from harness.backends import backend_class
-    from harness.lab import Lab
-    from harness.lab.progress import shown
     from harness.topology import load_topology
 
     loaded = load_topology(topology)
@@ -142,18 +121,8 @@ def up(
             f"{topology}: hosts {', '.join(remote)} are ssh hosts, and a lab with ssh hosts "
             "lives only as long as its command; use `netharness suite` or `check` on the file"
         )
-    if build:
-        from harness.cli.image import build_image
-
-        build_image()
-    with shown(len(loaded.hosts), progress) as callback:
-        lab = Lab.up(
-            loaded,
-            backend=backend,
-            progress=callback,
-            capture=capture,
-            capture_dir=capture_dir.resolve() if capture_dir else None,
-        )
+    with progress_shown(len(loaded.hosts)) as callback:
+        lab = bring_up(loaded, callback)
     try:
         # The lab outlives us only once the user has its id: announce, then commit.
         lab.detach(announce=lambda owner: _announce_up(lab, owner, json_out))
@@ -393,8 +362,7 @@ def _suite_options(settings: tuple[str, ...]) -> dict[str, Any]:
     help="A suite option, e.g. --set five_tuple.connections=5000 (repeatable); without "
     "the suite's name it goes to every suite that takes it.",
 )
-@progress_option
-@host_key_options
+@lab_options
 def suite(
     name: str,
     target: str,
@@ -402,13 +370,12 @@ def suite(
     server: str | None,
     clients: str | None,
     settings: tuple[str, ...],
-    progress: bool | None,
 ) -> None:
     """Run a suite (multiplexing, five_tuple, ports or all) on a topology file (brought
     up and torn down) or on a running lab (by id). Exit 1 if a check does not pass."""
     from harness.checks.suites import expand, run_suite, suite_options
     from harness.lab import Lab
-    from harness.lab.progress import Phase, shown
+    from harness.lab.progress import Phase
     from harness.topology import load_topology
 
     names = expand(name)
@@ -428,13 +395,11 @@ def suite(
         roles["clients"] = [c.strip() for c in clients.split(",") if c.strip()]
     is_file = Path(target).suffix in (".yaml", ".yml") or Path(target).is_file()
     spec = load_topology(Path(target)) if is_file else None
+    if spec is None:
+        refuse_bringup_options(target)
     # A lab given by id shows progress only when asked (--progress): its size is unknown.
-    with shown(len(spec.hosts) if spec else 0, progress) as callback:
-        lab = (
-            Lab.up(spec, progress=callback, backend_options=backend_options())
-            if spec
-            else Lab.attach(target)
-        )
+    with progress_shown(len(spec.hosts) if spec else 0) as callback:
+        lab = bring_up(spec, callback) if spec else Lab.attach(target)
         with lab:
             checks = []
             ran = Phase(callback, lab.id, "suites", len(names))

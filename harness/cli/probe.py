@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from harness.cli._bringup import bring_up, lab_options, progress_shown, refuse_bringup_options
 from harness.cli._console import out
-from harness.cli.ssh import backend_options, host_key_options
 from harness.errors import UsageError
 
 if TYPE_CHECKING:
@@ -49,17 +49,17 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _open_lab(target: str, backend: str | None = None) -> tuple[Lab, bool]:
+def _open_lab(target: str) -> tuple[Lab, bool]:
     """(lab, is_file): a topology file is brought up, anything else is a running lab id."""
     from harness.lab import Lab
     from harness.topology import load_topology
 
     is_file = Path(target).suffix in (".yaml", ".yml") or Path(target).is_file()
     if is_file:
-        options = backend_options()
-        return Lab.up(load_topology(Path(target)), backend=backend, backend_options=options), True
-    if backend is not None:
-        raise UsageError("--backend applies to a topology file, not to a running lab")
+        spec = load_topology(Path(target))
+        with progress_shown(len(spec.hosts)) as callback:
+            return bring_up(spec, callback), True
+    refuse_bringup_options(target)
     return Lab.attach(target), False
 
 
@@ -134,7 +134,6 @@ def matrix(
 
 @click.command()
 @click.argument("target", metavar="FILE|LAB")
-@click.option("--backend", default=None, help="Backend for every host of a FILE's lab.")
 @click.option(
     "--retries",
     type=click.IntRange(0, 20),
@@ -145,17 +144,15 @@ def matrix(
 @timeout_option
 @json_option
 @svg_option
-@host_key_options
-def check(
-    target: str, backend: str | None, retries: int, timeout: float, json_out: bool, svg: Path | None
-) -> None:
+@lab_options
+def check(target: str, retries: int, timeout: float, json_out: bool, svg: Path | None) -> None:
     """Probe every `expect:` entry of a topology and print expected against observed.
 
     FILE: bring it up, check, tear it down. LAB: check a running lab. Exit 1 on a miss."""
     from harness.checks.probe import check as run_check
     from harness.checks.probe_report import print_check
 
-    lab, is_file = _open_lab(target, backend)
+    lab, is_file = _open_lab(target)
     with lab:
         expectations = getattr(lab.topology, "expectations", ())
         if not expectations:

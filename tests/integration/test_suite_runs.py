@@ -22,8 +22,9 @@ def test_every_suite_declares_its_checks() -> None:
         assert len(set(names)) == len(names)
 
 
-def test_suite_on_a_topology_file_brings_up_runs_and_tears_down() -> None:
-    result = netharness("suite", "multiplexing", LAN, "--json", timeout=300)
+def test_suite_on_a_topology_file_brings_up_runs_and_tears_down(backend: str) -> None:
+    # `suite` takes the bring-up switches `up` and `check` take (--backend among them)
+    result = netharness("suite", "multiplexing", LAN, "--backend", backend, "--json", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["passed"] is True
