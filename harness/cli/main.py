@@ -71,6 +71,7 @@ class LazyGroup(click.Group):
         "image": "harness.cli.image:image",
         "matrix": "harness.cli.probe:matrix",
         "probe": "harness.cli.probe:probe",
+        "ps": "harness.cli.ps:ps",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Exit codes: 0 ok, 1 a check failed, 2 bad input, 3 environment, 130 interrupted.",

@@ -4,7 +4,8 @@
     for title, text in sections(lab):     # one section per host, as the pytest plugin adds
 
 Per host: links with their addresses and the routes (netlink, in the host's namespace),
-TCP and UDP sockets with their states (sock_diag), the nft ruleset (`nft list ruleset`
+TCP and UDP sockets with their states and owning processes (sock_diag and /proc,
+as `netharness ps --all`), the nft ruleset (`nft list ruleset`
 run by the lab's fork server inside the host's namespace, so images need no nft), the
 tail of its agents' log, and the pcaps that recorded its links. Collecting never raises:
 a part that cannot be read says why, because a report about a failure must not fail.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.core import _netns
 from harness.errors import HarnessError
-from harness.observe import diag
+from harness.observe import diag, sockets
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -142,7 +143,13 @@ def _route_line(route: Any, names: dict[int, str]) -> str:
 
 
 def _sockets(host: LabHost) -> str:
-    lines = []
+    """Every socket with its owning processes (as `netharness ps --all`); the kernel's
+    view without owners if the host's agent cannot answer (a report must not fail)."""
+    try:
+        return sockets.text(sockets.table(host))
+    except HarnessError as exc:
+        unowned = f"(owners unavailable: {exc})"
+    lines = [unowned]
     for proto in ("tcp", "udp"):
         for family in (4, 6):
             found = diag.sockets(host, proto, family)
