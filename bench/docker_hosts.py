@@ -6,11 +6,12 @@
 
 For each size N, in the same process and in alternating order, each run measures:
 
-- netharness: `Lab.up` of N docker hosts on one network (containers created, agent and
-  spawner copied in, started, wired by pyroute2, every agent's hello answered), then
-  `down()` until every container is gone;
+- netharness: `Lab.up` of N docker hosts on one network (containers created and started,
+  their namespaces named and wired by pyroute2, an agent forked beside each, every
+  agent's hello answered), then `down()` until every container is gone;
 - bare: N containers of the same image, created and started with the docker SDK from as
-  many threads as the lab uses (network_mode none, the same main process), then removed.
+  many threads as the lab uses (network_mode none, docker-init and the image's own CMD,
+  as the lab's), then removed.
 
 Prints median and min-max per phase, the ratio of the up + down medians (the issue's aim:
 under 1.5x), a `target:` line, and a one-line JSON summary at the end.
@@ -61,9 +62,9 @@ def bare_cycle(client: Any, n: int) -> tuple[float, float]:
     def make(i: int) -> Any:
         container = client.containers.create(
             DEFAULT_IMAGE,
-            ["python3", "-c", "import signal; signal.pause()"],
             name=f"nh-bench-{label}-{i}",
             network_mode="none",
+            init=True,
             labels={BENCH_LABEL: label},
             detach=True,
         )
@@ -105,7 +106,7 @@ def main() -> int:
     require(client, DEFAULT_IMAGE)
     summary: dict[str, Any] = {"bench": "docker", "runs": args.runs, "threads": THREADS}
     missed = False
-    netharness_cycle(2)  # warm: the agent archive is built once per process
+    netharness_cycle(2)  # warm: imports, the engine's image cache
     for n in sizes:
         times: dict[str, list[float]] = {
             k: [] for k in ("nh_up", "nh_down", "nh_cycle", "bare_up", "bare_down", "bare_cycle")

@@ -1,102 +1,75 @@
-"""The docker backend: a host is a container, `nh-<lab>-<host>`, with no network of its own.
+"""The docker backend: a host is a container, `nh-<lab>-<host>`, running any local image.
 
-The container runs with `network_mode: none`; the fabric wires it through its network
-namespace, `/proc/<main pid>/ns/net`, exactly like a netns host, and addresses, routes,
-sysctls and nft rules are applied from the controller, so the image needs only python3.
-The hostagent zipapp and a small spawner are copied in with the archive API before the
-container starts; the spawner is the container's main process and forks agents and
-commands with the stdio fds the lab hands over its unix socket (reached through
-/proc/<pid>/root): a fork costs milliseconds where an exec costs a runtime exec and a
-fresh interpreter. Processes as another user go through the exec API (the spawner has no
-capability to change users), their stdio pumped to the lab's pipes by one thread.
+The container runs its image as `docker run` would: the image's entrypoint, cmd (the
+host's `command:` replaces it, the entrypoint stays), env, user and workdir, with
+`network_mode: none`. As soon as it runs, its network namespace is named
+/run/netns/nh-<lab>-<host> (recorded in the ledger first, like a netns host's): the fabric
+wires it through that path, addresses, routes, sysctls and nft rules are applied from the
+controller, the path stays valid while the lab lives even if the container's main process
+exits, and every teardown (Lab.down, `down`, `clean`, the reaper of a killed owner) kills
+what runs in it by the namespace rule of hostagent.reaper before removing the name.
 
-Containers are not privileged: every capability is dropped but NET_BIND_SERVICE (agents
-bind ports below 1024 in the ports suite), and no-new-privileges is set. The lab's
-containers share one pid namespace (the first one's), so pids are unique across its
-hosts as the suites expect, and private to the lab.
+netharness's agents run beside the container, not in it: the lab's fork server forks
+them into the container's network namespace (as on netns hosts, `user=` included).
+Sockets belong to the network namespace, which is what every check looks at, so images
+need nothing of ours inside: no python, no copy of the agent. Commands (`host.run`,
+`netharness exec`, a host's programs) run inside the container through the exec API,
+with the image's own tools; one thread pumps their stdio (and a relay process takes it
+over when a lab outlives `netharness up`).
+
+A container that exits while it is brought up fails the lab at once: ProcessFailed
+(exit 3) with its exit status and the tail of its log.
+
+Containers are not privileged, no-new-privileges is set, and every capability is
+dropped but CAPABILITIES: what server images need to start as root and drop to their
+own user, a subset of docker's defaults. Never NET_ADMIN or NET_RAW: the lab's wiring,
+routes and firewall are the controller's, and a host's software cannot change or bypass
+them. Each container has its own pid namespace with docker-init as pid 1 (reaping
+orphans), as under `docker run --init`: the user's main process ending ends only its own
+container, and agents live in the root pid namespace, so pids stay unique across hosts.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import concurrent.futures
 import contextlib
 import errno
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tarfile
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from harness.backends._docker_pump import Pump, Stream
-from harness.backends.base import AGENT, Backend, FutureProcess, HostHandle, Process, Stdio
+from harness.backends._forkserver import ForkServerClient
+from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.core import _netns, naming
 from harness.core.ledger import ABSENT
-from harness.errors import BackendError, CleanupError, EnvironmentProblem
+from harness.errors import (
+    BackendError,
+    CleanupError,
+    EnvironmentProblem,
+    ProcessFailed,
+)
 from harness.topology import Host
 
 LAB_LABEL = "netharness.lab"
 HOST_LABEL = "netharness.host"
-AGENT_DIR = "/usr/local/lib/netharness"
-CAPABILITIES = ("NET_BIND_SERVICE",)
-# The container's main process forks agents and commands (see _docker_spawner).
-SPAWNER = "spawner.py"
-SPAWNER_START = 20.0  # seconds for the spawner's socket to appear (a loaded machine)
+# What server images need, and no more (all in docker's default set):
+#   NET_BIND_SERVICE  root in the container binds ports below 1024 (httpd, nginx on 80);
+#   CHOWN, DAC_OVERRIDE, FOWNER  entrypoints chown their data and run directories as
+#                     root (the postgres and redis images' entrypoints do);
+#   SETUID, SETGID    they then drop to their own user (nginx workers, gosu, su-exec);
+#   KILL              a root master signals its workers of another uid (nginx reload).
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID")
+LOG_TAIL = 20  # lines of a failed container's log in the error
+EXIT_WAIT = 5.0  # seconds for the engine to report the status of a container that exited
 REMOVERS = 8  # containers removed at once
 CREATORS = 16  # containers created and started at once
-
-_zipapp_lock = threading.Lock()
-_zipapp: list[bytes] = []  # the agent archive, built once per controller process
-
-
-def agent_archive() -> bytes:
-    """A tar holding the hostagent zipapp under AGENT_DIR, for put_archive."""
-    from hostagent import ZIPAPP_NAME, build_zipapp
-
-    with _zipapp_lock:
-        if not _zipapp:
-            with tempfile.TemporaryDirectory(prefix="nh-agent-") as tmp:
-                data = build_zipapp(Path(tmp)).read_bytes()
-            buffer = io.BytesIO()
-            with tarfile.open(fileobj=buffer, mode="w") as tar:
-                for part in _parents(AGENT_DIR):
-                    info = tarfile.TarInfo(part.lstrip("/"))
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
-                    tar.addfile(info)
-                spawner = (Path(__file__).parent / "_docker_spawner.py").read_bytes()
-                for name, content in ((ZIPAPP_NAME, data), (SPAWNER, spawner)):
-                    info = tarfile.TarInfo(f"{AGENT_DIR}/{name}".lstrip("/"))
-                    info.size, info.mode = len(content), 0o644  # readable by any user
-                    tar.addfile(info, io.BytesIO(content))
-            _zipapp.append(buffer.getvalue())
-        return _zipapp[0]
-
-
-def agent_argv() -> list[str]:
-    from hostagent import ZIPAPP_NAME
-
-    return ["python3", f"{AGENT_DIR}/{ZIPAPP_NAME}"]
-
-
-def zipapp_path() -> str:
-    from hostagent import ZIPAPP_NAME
-
-    return f"{AGENT_DIR}/{ZIPAPP_NAME}"
-
-
-def _parents(path: str) -> list[str]:
-    parts = path.strip("/").split("/")
-    return ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 class ExecProcess:
@@ -132,106 +105,47 @@ class ExecProcess:
                 os.kill(self._pid, sig)
 
 
-def spawn_socket(pid: int) -> str:
-    """The spawner's socket of the container whose main process is `pid`, from outside."""
-    from harness.backends._docker_spawner import SOCKET_NAME
+def exited(container: Any, host: str) -> ProcessFailed:
+    """The error for a container whose main process has exited: its status, its log."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
 
-    return f"/proc/{pid}/root{AGENT_DIR}/{SOCKET_NAME}"
-
-
-async def _wait_for_spawner(path: str, host: str) -> None:
-    # Its python starts while the fabric wires the container: wait only when needed.
-    deadline = time.monotonic() + SPAWNER_START
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise BackendError(
-                f"the container's python3 did not start netharness's spawner within "
-                f"{SPAWNER_START:.0f} s; does the image have python3 >= 3.9?",
-                host=host,
-            )
-        await asyncio.sleep(0.005)
-
-
-class SpawnedProcess(FutureProcess):
-    """A process the container's spawner forked; satisfies `Process`. Its pid is the one
-    inside the container; signals and the exit status travel over the spawner's socket."""
-
-    def __init__(self, sock: socket.socket, pid: int) -> None:
-        super().__init__(pid)
-        self._sock = sock
-        self._reader = asyncio.get_running_loop().create_task(self._read_exit())
-
-    @classmethod
-    async def start(
-        cls, path: str, argv: list[str] | None, stdio: Stdio, host: str
-    ) -> SpawnedProcess:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.setblocking(False)
-            await _wait_for_spawner(path, host)
-            await loop.sock_connect(sock, path)
-            request = json.dumps({"argv": argv, "zipapp": zipapp_path()}).encode()
-            fds = array.array("i", [stdio.stdin, stdio.stdout, stdio.stderr])
-            sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds.tobytes())])
-            reply = await _read_line(loop, sock, bytearray())
-            if "pid" not in reply:
-                raise BackendError(f"the spawner refused: {reply.get('error')}", host=host)
-            return cls(sock, int(reply["pid"]))
-        except OSError as exc:
-            sock.close()
-            raise BackendError.from_os(exc, "cannot reach the spawner", host=host) from None
-        except BaseException:
-            sock.close()
-            raise
-
-    async def _read_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            reply = await _read_line(loop, self._sock, bytearray())
-            code = int(reply.get("exit", -int(signal.SIGKILL)))
-        except (OSError, ValueError):
-            code = -int(signal.SIGKILL)  # the container went away under it
-        finally:
-            self._sock.close()
-        self._exited(code)
-
-    def kill(self, sig: int) -> None:
-        if not self._exit.done():
-            with contextlib.suppress(OSError):
-                self._sock.send(json.dumps({"signal": int(sig)}).encode() + b"\n")
-
-
-async def _read_line(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, buffer: bytearray
-) -> dict[str, Any]:
-    while b"\n" not in buffer:
-        chunk = await loop.sock_recv(sock, 4096)
-        if not chunk:
-            raise ConnectionResetError("the spawner closed the connection")
-        buffer += chunk
-    line, _, rest = bytes(buffer).partition(b"\n")
-    buffer[:] = rest
-    reply: dict[str, Any] = json.loads(line)
-    return reply
+    try:
+        status = container.wait(timeout=EXIT_WAIT).get("StatusCode")
+        log = container.logs(tail=LOG_TAIL).decode(errors="replace")
+    except (DockerException, RequestException) as exc:
+        return ProcessFailed(
+            f"container {container.name} exited; the engine does not say how ({exc})",
+            host=host,
+            process="main",
+        )
+    return ProcessFailed(
+        f"container {container.name} exited with status {status}",
+        host=host,
+        process="main",
+        log_tail=log.rstrip(),
+    )
 
 
 class DockerBackend(Backend):
     name = "docker"
     recorded_kinds = ("container",)
 
-    def __init__(self, lab_id: str, record: Callable[[str, str, dict[str, str]], None]) -> None:
+    def __init__(
+        self,
+        lab_id: str,
+        forkserver: ForkServerClient,
+        record: Callable[[str, str, dict[str, str]], None],
+    ) -> None:
         self._lab_id = lab_id
+        self._forkserver = forkserver  # forks agents beside the containers
         self._record = record  # writes the ledger entry before the object exists
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._pump = Pump(f"netharness-{lab_id}-docker")
         self._relay: subprocess.Popen[bytes] | None = None
-        self._holder: str | None = None  # the container whose pid namespace others join
-        self._holder_lock = threading.Lock()
         self._images: set[str] = set()  # images found on the engine
         self._images_lock = threading.Lock()
-        self._holder_done = threading.Event()  # the holder has started (or failed to)
         # Blocking SDK calls of bring-up, more at once than asyncio's default pool: the
         # engine overlaps container creation well.
         self._creators = concurrent.futures.ThreadPoolExecutor(CREATORS, "nh-docker")
@@ -249,7 +163,6 @@ class DockerBackend(Backend):
         return await loop.run_in_executor(self._creators, self._create, host)
 
     def _create(self, host: Host) -> HostHandle:
-
         from harness.core.image import DEFAULT_IMAGE, require
 
         client = self.client()
@@ -258,59 +171,41 @@ class DockerBackend(Backend):
             if image not in self._images:
                 require(client, image)
                 self._images.add(image)
-        name = naming.host_netns(self._lab_id, host.name)
-        # The lab's first container holds the pid namespace its other containers join:
-        # pids are then unique across the lab's hosts, as the suites expect (they tell
-        # processes apart by pid), and still private to the lab.
-        # Only its creation is serial: the others are created meanwhile and started once
-        # it runs.
-        with self._holder_lock:
-            holder = self._holder
-            if holder is None:
-                container = self._make_container(client, image, name, host, holder=None)
-                self._holder = container.id
-        if holder is None:
-            try:
-                self._start_container(container, host)
-            finally:
-                self._holder_done.set()
-        else:
-            container = self._make_container(client, image, name, host, holder=holder)
-            self._holder_done.wait()
-            self._start_container(container, host)
-        return self._wired(container, host, image)
+        container = self._make_container(client, image, host)
+        pid = self._start_container(container, host)
+        path = self._name_netns(container, pid, host)
+        self._check_running(container, pid, host)  # it may have exited while wired
+        return HostHandle(
+            name=host.name,
+            netns_path=path,
+            backend=self.name,
+            details={
+                "container": container.name,
+                "netns": os.path.basename(path),
+                "id": container.id,
+                "image": image,
+                "pid": str(pid),  # the main process (docker-init), in our pid namespace
+            },
+        )
 
-    def _start_container(self, container: Any, host: Host) -> None:
-        from docker.errors import DockerException
-
-        try:
-            container.start()
-            container.reload()
-        except DockerException as exc:
-            raise BackendError(
-                f"container {container.name} did not start: {exc}", host=host.name
-            ) from None
-
-    def _make_container(
-        self, client: Any, image: str, name: str, host: Host, holder: str | None
-    ) -> Any:
+    def _make_container(self, client: Any, image: str, host: Host) -> Any:
         from docker.errors import APIError, DockerException
 
+        name = naming.host_netns(self._lab_id, host.name)
         self._record("container", name, {"host": host.name})
         try:
-            container = client.containers.create(
+            return client.containers.create(
                 image,
-                ["python3", f"{AGENT_DIR}/{SPAWNER}"],
+                list(host.command) if host.command is not None else None,  # None: its CMD
                 name=name,
                 hostname=host.name,
                 labels={LAB_LABEL: self._lab_id, HOST_LABEL: host.name},
                 network_mode="none",
-                pid_mode=f"container:{holder}" if holder else None,
                 privileged=False,
                 cap_drop=["ALL"],
                 cap_add=list(CAPABILITIES),
                 security_opt=["no-new-privileges"],
-                init=holder is None,  # docker-init, pid 1 of the lab, reaps orphans
+                init=True,  # docker-init as pid 1 reaps the orphans of the user's software
                 detach=True,
             )
         except APIError as exc:
@@ -321,21 +216,76 @@ class DockerBackend(Backend):
                     host=host.name,
                     code=errno.EEXIST,
                 ) from None
-            raise BackendError(f"docker create failed: {exc.explanation}", host=host.name) from None
-        try:
-            container.put_archive("/", agent_archive())
+            raise EnvironmentProblem(
+                f"host {host.name}: docker create of {image} failed: {exc.explanation}"
+            ) from None
         except DockerException as exc:
-            raise BackendError(f"copying the agent into {name}: {exc}", host=host.name) from None
-        return container
+            raise EnvironmentProblem(f"host {host.name}: docker create failed: {exc}") from None
 
-    def _wired(self, container: Any, host: Host, image: str) -> HostHandle:
-        name = container.name
-        pid = int(container.attrs["State"]["Pid"])
-        if not pid:
-            raise BackendError(f"container {name} is not running", host=host.name)
-        path = f"/proc/{pid}/ns/net"
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    def _start_container(self, container: Any, host: Host) -> int:
+        """Start it; its main process's pid, or ProcessFailed if it is not running."""
+        from docker.errors import APIError, DockerException
+
         try:
+            container.start()
+            container.reload()
+        except APIError as exc:  # e.g. its command is not in the image
+            raise ProcessFailed(
+                f"container {container.name} did not start: {exc.explanation}",
+                host=host.name,
+                process="main",
+            ) from None
+        except DockerException as exc:
+            raise EnvironmentProblem(
+                f"host {host.name}: container {container.name} did not start: {exc}"
+            ) from None
+        state = container.attrs["State"]
+        pid = int(state.get("Pid") or 0)
+        if not state.get("Running") or not pid:
+            raise exited(container, host.name)
+        return pid
+
+    def _check_running(self, container: Any, pid: int, host: Host) -> None:
+        from docker.errors import DockerException
+
+        try:
+            container.reload()
+        except DockerException as exc:
+            raise EnvironmentProblem(
+                f"host {host.name}: container {container.name} went away: {exc}"
+            ) from None
+        state = container.attrs["State"]
+        if not state.get("Running") or int(state.get("Pid") or 0) != pid:
+            raise exited(container, host.name)
+
+    def _name_netns(self, container: Any, pid: int, host: Host) -> str:
+        """Name the container's network namespace /run/netns/nh-<lab>-<host>; its path."""
+        name = naming.host_netns(self._lab_id, host.name)
+        path = _netns.netns_path(name)
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # the main process has exited under us
+            raise exited(container, host.name) from None
+        except OSError as exc:
+            raise BackendError.from_os(exc, "cannot open the container's namespace") from None
+        try:
+            # A pid reused at once by a process of ours would name the root namespace,
+            # and the reaper kills whatever is in a lab's namespaces: refuse it.
+            if os.fstat(fd).st_ino == _netns.inode("/proc/self/ns/net"):
+                raise exited(container, host.name)
+            self._check_running(container, pid, host)  # so fd is the container's
+            self._record("netns", path, {"host": host.name})
+            try:
+                _netns.attach(name, fd)
+            except FileExistsError as exc:
+                self._record("netns", path, {"host": host.name, "state": ABSENT})
+                raise BackendError(
+                    f"namespace {name} already exists and is not ours",
+                    host=host.name,
+                    code=exc.errno,
+                ) from None
+            except OSError as exc:
+                raise BackendError.from_os(exc, f"cannot name namespace {name}") from None
             with _netns.entered(fd):
                 for conf in ("all", "default"):
                     # The engine turns IPv6 off in containers of non-IPv6 networks.
@@ -347,34 +297,20 @@ class DockerBackend(Backend):
                 _netns.write_sysctl("net.ipv4.ip_unprivileged_port_start", "1024")
         finally:
             os.close(fd)
-        return HostHandle(
-            name=host.name,
-            netns_path=path,
-            backend=self.name,
-            details={"container": name, "id": container.id, "image": image, "pid": str(pid)},
-        )
+        return path
 
     async def start(
         self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
     ) -> Process:
+        if argv is AGENT:  # beside the container, in its network namespace
+            return await self._forkserver.spawn(
+                handle.netns_path, None, (stdio.stdin, stdio.stdout, stdio.stderr), user=user
+            )
         loop = asyncio.get_running_loop()
-        if user is None and "pid" in handle.details:  # a fork in the container: fast
-            try:
-                return await SpawnedProcess.start(
-                    spawn_socket(int(handle.details["pid"])),
-                    None if argv is AGENT else list(argv),
-                    stdio,
-                    handle.name,
-                )
-            except BackendError as exc:
-                state = await asyncio.to_thread(self._describe, handle.details["id"])
-                raise BackendError(f"{exc} ({state})") from None
-        # Another user: the exec API sets it up (the spawner has no capability to).
-        command = agent_argv() if argv is AGENT else list(argv)
         # Our own copies: the caller closes its fds once we return.
         fds = Stdio(os.dup(stdio.stdin), os.dup(stdio.stdout), os.dup(stdio.stderr))
         try:
-            return await asyncio.to_thread(self._start, handle, command, fds, user, loop)
+            return await asyncio.to_thread(self._start, handle, list(argv), fds, user, loop)
         except BaseException:
             for fd in (fds.stdin, fds.stdout, fds.stderr):
                 with contextlib.suppress(OSError):
@@ -389,6 +325,7 @@ class DockerBackend(Backend):
         user: str | None,
         loop: asyncio.AbstractEventLoop,
     ) -> ExecProcess:
+        """Run `command` inside the container (the exec API), its stdio pumped to `fds`."""
         from docker.errors import DockerException
 
         api = self.client().api
@@ -398,7 +335,7 @@ class DockerBackend(Backend):
             )["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except DockerException as exc:
-            raise BackendError(f"cannot run {command[0]}: {exc}", host=handle.name) from None
+            raise self._exec_failed(handle, command, exc) from None
         raw: Any = getattr(sock, "_sock", sock)
         pid = 0
         for _ in range(200):  # the engine fills in the pid as the process starts
@@ -419,16 +356,19 @@ class DockerBackend(Backend):
         )
         return process
 
-    def _describe(self, container_id: str) -> str:
-        """The container's state and last log lines, for an error message."""
+    def _exec_failed(self, handle: HostHandle, command: list[str], exc: Exception) -> BackendError:
+        """Why an exec could not start: the container exited (its status, its log), or
+        the engine's own reason."""
         from docker.errors import DockerException
 
         try:
-            container = self.client().containers.get(container_id)
-            logs = container.logs(tail=5).decode(errors="replace").strip()
-        except DockerException as exc:
-            return f"container unavailable: {exc}"
-        return f"container {container.status}" + (f"; its log ends: {logs}" if logs else "")
+            container = self.client().containers.get(handle.details["id"])
+            running = container.status == "running"
+        except DockerException:
+            running = True  # gone altogether: the engine's reason says it
+        if not running:
+            return exited(container, handle.name)
+        return BackendError(f"cannot run {command[0]}: {exc}", host=handle.name)
 
     def exit_code(self, exec_id: str) -> int:
         from docker.errors import DockerException
@@ -489,7 +429,7 @@ class DockerBackend(Backend):
 
     @classmethod
     def for_lab(cls, **kwargs: Any) -> DockerBackend:
-        return cls(kwargs["lab_id"], kwargs["record"])
+        return cls(kwargs["lab_id"], kwargs["forkserver"], kwargs["record"])
 
     @classmethod
     def run_attached(cls, host: dict[str, Any], argv: list[str], env: dict[str, str]) -> int:

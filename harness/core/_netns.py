@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 from hostagent.reaper import NETNS_RUN_DIR, inode, pids_in, remove
 
-__all__ = ["create", "entered", "inode", "netns_path", "pids_in", "remove", "setns"]
+__all__ = ["attach", "create", "entered", "inode", "netns_path", "pids_in", "remove", "setns"]
 
 CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
@@ -64,9 +64,7 @@ def create(name: str) -> int:
     Fails with FileExistsError rather than reuse a namespace someone else made.
     The calling thread stays in its own namespace.
     """
-    if not _run_dir_state:
-        _prepare_run_dir()
-        _run_dir_state.append(True)
+    _ensure_run_dir()
     path = netns_path(name)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -87,6 +85,30 @@ def create(name: str) -> int:
         raise
     finally:
         os.close(home)
+
+
+def attach(name: str, fd: int) -> str:
+    """Name the existing namespace behind `fd` (another process's) `name` under /run/netns,
+    as `ip netns attach` does; returns the path. The name holds the namespace alive until
+    `remove`, whatever becomes of the process. FileExistsError if the name is taken."""
+    _ensure_run_dir()
+    path = netns_path(name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    try:
+        # Through our own fd: the namespace bound is the one the caller opened and checked.
+        source = f"/proc/self/fd/{fd}".encode()
+        _check(_libc.mount(source, path.encode(), b"none", _MS_BIND, None), "bind mount", path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return path
+
+
+def _ensure_run_dir() -> None:
+    if not _run_dir_state:
+        _prepare_run_dir()
+        _run_dir_state.append(True)
 
 
 @contextlib.contextmanager

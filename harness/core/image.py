@@ -28,7 +28,12 @@ from harness.errors import EnvironmentProblem
 IMAGE_REPOSITORY = "netharness/host"
 DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
 RECIPE_LABEL = "netharness.recipe"
+# python3 is not netharness's (its agents run beside containers): it is there for the
+# users' programs and commands (`python3 -m http.server`), and the harness image below.
 PACKAGES = ("python3", "iproute2", "procps")
+# The main process of a host that runs only what netharness and the topology start in
+# it: a container runs its image's CMD, and this one waits for the lab's end.
+HOST_CMD = ("sleep", "infinity")
 # The image compose.yaml runs the harness itself in: what `make install` and `make test`
 # need (the Makefile's APT_PACKAGES, make, a venv, git), so CI with only Docker can run it.
 HARNESS_IMAGE = f"netharness/harness:{__version__}"
@@ -66,10 +71,11 @@ class Recipe:
     sources: tuple[tuple[str, str], ...]  # (path, text) of this machine's apt sources
     packages: tuple[str, ...] = PACKAGES
     excludes: tuple[str, ...] = EXCLUDES
+    cmd: tuple[str, ...] = HOST_CMD
 
     @property
     def digest(self) -> str:
-        data = json.dumps([self.suite, self.sources, self.packages, self.excludes])
+        data = json.dumps([self.suite, self.sources, self.packages, self.excludes, self.cmd])
         return hashlib.sha256(data.encode()).hexdigest()[:16]
 
     def command(self, mmdebstrap: str) -> list[str]:
@@ -176,7 +182,7 @@ def build(
     building = f"{repository}:building-{os.getpid()}"
     try:
         with _rootfs_stream(recipe.command(mmdebstrap), progress) as stream:
-            changes = [f"LABEL {RECIPE_LABEL}={recipe.digest}", 'CMD ["python3"]']
+            changes = [f"LABEL {RECIPE_LABEL}={recipe.digest}", f"CMD {json.dumps(recipe.cmd)}"]
             try:
                 client.api.import_image(
                     src=stream,

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from harness import Lab
-from harness.backends.docker import HOST_LABEL, LAB_LABEL
+from harness.backends.docker import CAPABILITIES, HOST_LABEL, LAB_LABEL
 from harness.core import ledger
 from harness.core.image import DEFAULT_IMAGE
 from harness.topology import parse_topology
@@ -81,17 +81,27 @@ def test_hosts_are_locked_down_containers_without_a_network(engine: Any, mixed: 
         assert config["NetworkMode"] == "none"
         assert config["Privileged"] is False
         assert config["CapDrop"] == ["ALL"]
-        assert config["CapAdd"] == ["NET_BIND_SERVICE"]
+        assert sorted(config["CapAdd"]) == sorted(CAPABILITIES)
         assert config["SecurityOpt"] == ["no-new-privileges"]
+        assert config["Init"] is True
+        assert config["PidMode"] == ""  # a pid namespace of its own
+        # Its network namespace, named like a netns host's for the lab's life.
         pid = container.attrs["State"]["Pid"]
-        assert mixed.hosts[name].handle.netns_path == f"/proc/{pid}/ns/net"
+        path = mixed.hosts[name].handle.netns_path
+        assert path == f"/run/netns/nh-{mixed.id}-{name}"
+        assert os.stat(path).st_ino == os.stat(f"/proc/{pid}/ns/net").st_ino
     # Inside, only what the capability set allows: no NET_ADMIN, so no address changes.
     denied = mixed.hosts["h2"].run(["ip", "addr", "add", "10.0.1.99/24", "dev", "lan"])
     assert denied.returncode != 0
     assert "not permitted" in denied.stderr
     status = mixed.hosts["h2"].run(["grep", "-E", "^(CapEff|NoNewPrivs)", "/proc/self/status"])
-    assert "CapEff:\t0000000000000400" in status.stdout  # NET_BIND_SERVICE (bit 10) alone
+    # CHOWN 0, DAC_OVERRIDE 1, FOWNER 3, KILL 5, SETGID 6, SETUID 7, NET_BIND_SERVICE 10
+    assert "CapEff:\t00000000000004eb" in status.stdout
     assert "NoNewPrivs:\t1" in status.stdout
+    # The agents run beside the containers, in their network namespaces, not in them.
+    agent = mixed.hosts["h2"].host_agent
+    assert os.stat(f"/proc/{agent.pid}/ns/net").st_ino == os.stat(path).st_ino
+    assert os.stat(f"/proc/{agent.pid}/ns/pid").st_ino == os.stat("/proc/self/ns/pid").st_ino
 
 
 def test_mixed_lab_passes_tcp_and_udp_both_ways(mixed: Lab) -> None:
@@ -169,13 +179,15 @@ from harness import Lab
 from harness.core import ledger
 lab = Lab.up({str(ROOT / "topologies" / "lan.yaml")!r}, backend="docker")
 agents = [lab.hosts[h].agent() for h in lab.hosts]
-print(lab.id, flush=True)
+agents += [lab.hosts[h].agent(user="nobody") for h in lab.hosts]  # no parent-death signal
+print(lab.id, *(a.pid for a in agents), flush=True)
 time.sleep(60)
 """
     proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    lab = proc.stdout.readline().strip()
+    lab, *pids = proc.stdout.readline().split()
     assert len(_containers(engine, lab)) == 3
+    assert all(os.path.exists(f"/proc/{pid}") for pid in pids)  # beside the containers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
@@ -183,6 +195,9 @@ time.sleep(60)
     while _containers(engine, lab) and time.monotonic() - killed < 10:
         time.sleep(0.1)
     assert _containers(engine, lab) == []  # and every process that was in them
+    # The agents beside them held their namespaces: gone too, and the namespaces' names.
+    assert [pid for pid in pids if os.path.exists(f"/proc/{pid}")] == []
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"nh-{lab}")]
 
 
 def test_clean_removes_dead_labs_containers_and_nothing_foreign(engine: Any) -> None:

@@ -16,8 +16,9 @@ def test_the_digest_follows_everything_that_shapes_the_image() -> None:
         Recipe("bookworm", ((SOURCES[0][0], SOURCES[0][1] + "Components: main\n"),)),
         Recipe("bookworm", SOURCES, packages=(*PACKAGES, "curl")),
         Recipe("bookworm", SOURCES, excludes=()),
+        Recipe("bookworm", SOURCES, cmd=("python3",)),  # the main process of its containers
     ]
-    assert len({r.digest for r in changed} | {base.digest}) == 5
+    assert len({r.digest for r in changed} | {base.digest}) == 6
 
 
 def test_the_command_builds_a_minimal_tarball_on_stdout_from_the_machines_sources() -> None:
