@@ -14,8 +14,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the backends and tests use: ip netns exec and ss, nft, sshd (the ssh
 # backend's tests), mmdebstrap (the docker host image), nmap (probe cross-check), tcpdump
-# and tshark (captures), graphviz (graphs), busybox-static (a python-less docker image).
-APT_PACKAGES := iproute2 python3-venv nftables openssh-server mmdebstrap nmap tcpdump tshark graphviz busybox-static
+# and tshark (captures), graphviz (graphs), busybox-static (a python-less docker image),
+# dnsmasq-base (a Debian server run as a user's process in the tests; no system service).
+APT_PACKAGES := iproute2 python3-venv nftables openssh-server mmdebstrap nmap tcpdump tshark graphviz busybox-static dnsmasq-base
 # Only `make bench` needs these: Mininet (the peer bring-up is compared with) and brctl,
 # which its Linux-bridge switch uses; without recommends, so no Open vSwitch daemon.
 BENCH_APT_PACKAGES := mininet bridge-utils

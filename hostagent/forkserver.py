@@ -18,9 +18,18 @@ and keeps the agents' controller-side pipes open (draining their output) until t
 
 Messages, controller -> server:
   {"op": "spawn", "seq": n, "netns": path, "argv": [...] | null, "env": {...} | null,
-   "user": name | uid | null}
+   "user": name | uid | null, "env_add": {...} | null, "cwd": path | null,
+   "report": bool, "grace": seconds | null}
       + fds [stdin, stdout, stderr]; argv null means run the host agent in the child.
-  {"op": "kill", "pid": p, "signal": s}
+      `env` replaces our environment, `env_add` adds to it (with HOME, USER and LOGNAME
+      of `user` when one is given); `cwd` is entered after dropping to `user`.
+      `report`: the reply waits for the exec, and a failed exec (or chdir, or an unknown
+      user) is an error reply {"seq", "error", "errno", "stage"} instead of exit 127.
+      `grace`: when we end without an orderly "exit" (`netharness down` of a detached
+      lab, a dead controller), its group gets SIGTERM and up to that long before SIGKILL.
+  {"op": "kill", "pid": p, "signal": s, "group": bool}
+      group: to the child's process group (each child leads its own session), which
+      still reaches what it started after the child itself has exited
   {"op": "detach", "drain": n} + fds [lock, n pipes to drain, pipes to hold...]:
       the lab's liveness lock (the controller's own open file, so the lock is never
       free in between) and the agents' controller-side pipes
@@ -48,6 +57,7 @@ import selectors
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from hostagent import reaper
@@ -85,11 +95,23 @@ def _enter_netns(path: str, own_mounts: bool) -> None:
         _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None)
 
 
-def _drop_privileges(user: str) -> None:
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: someone is in it
+    return True
+
+
+def _drop_privileges(user: str) -> dict[str, str]:
+    """Become `user`; returns the environment a login as that user would have."""
     entry = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)  # all capabilities go with root: a plain user's process
+    return {"HOME": entry.pw_dir, "USER": entry.pw_name, "LOGNAME": entry.pw_name}
 
 
 def _child(
@@ -98,8 +120,13 @@ def _child(
     env: dict[str, str] | None,
     fds: list[int],
     user: str | None = None,
+    report: int = -1,
+    env_add: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> None:
-    """Runs in the forked child; never returns."""
+    """Runs in the forked child; never returns. `report`: a close-on-exec pipe on which
+    a failure before the exec is told to the server (its EOF alone means: exec'd)."""
+    stage = "setup"
     try:
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() == 1:
@@ -113,16 +140,32 @@ def _child(
         _enter_netns(netns, own_mounts=argv is not None)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
-        os.closerange(3, 65536)
+        if report >= 0:
+            report = os.dup2(report, 3, inheritable=False)
+        os.closerange(4 if report >= 0 else 3, 65536)
+        environ = dict(env if env is not None else os.environ)
         if user is not None:
-            _drop_privileges(user)
+            stage = "user"
+            login = _drop_privileges(user)
+            if env_add is not None:  # the user's own process: as a login would have it
+                environ.update(login)
+        environ.update(env_add or {})
+        if cwd is not None:
+            stage = "cwd"
+            os.chdir(cwd)
         if argv is None:
             from hostagent.agent import serve
 
             os._exit(serve(0, 1))
-        os.execvpe(argv[0], argv, env if env is not None else dict(os.environ))
+        stage = "exec"
+        os.execvpe(argv[0], argv, environ)
     except (OSError, KeyError) as exc:
-        os.write(2, f"netharness: cannot start {argv or 'agent'}: {exc}\n".encode())
+        if report >= 0:
+            code = exc.errno if isinstance(exc, OSError) else 0
+            detail = exc.strerror if isinstance(exc, OSError) else f"no such user {user}"
+            os.write(report, json.dumps([stage, code or 0, detail or str(exc)]).encode())
+        else:
+            os.write(2, f"netharness: cannot start {argv or 'agent'}: {exc}\n".encode())
         os._exit(127)
     except BaseException:
         os._exit(126)
@@ -133,6 +176,10 @@ class ForkServer:
         self.control = control
         self.reap_plan = reap_plan
         self.children: set[int] = set()
+        self.groups: set[int] = set()  # process groups we made that may still have members
+        self.graceful: dict[int, float] = {}  # pid -> grace before SIGKILL when we end
+        self.reports: dict[int, int] = {}  # pid -> seq of a spawn waiting for its exec
+        self.held: dict[int, int] = {}  # exit statuses of those, told after the spawn
         self.kept: list[int] = []
         self.detached = False
         self.lock_fd: int | None = None
@@ -174,6 +221,8 @@ class ForkServer:
                     self.on_control()
                 elif key.data == "signal":
                     self.on_signal(wake_r)
+                elif isinstance(key.data, tuple):
+                    self.on_report(key.fd, key.data[1])
                 else:
                     self.drain(key.fd)
         self.finish()
@@ -218,9 +267,7 @@ class ForkServer:
         if op == "spawn":
             self.spawn(message, fds)
         elif op == "kill":
-            pid = int(message["pid"])
-            if pid in self.children:
-                os.kill(pid, int(message["signal"]))
+            self.kill(int(message["pid"]), int(message["signal"]), bool(message.get("group")))
         elif op == "detach":
             self.detach(fds, int(message.get("drain", 0)))
         elif op == "log":
@@ -240,11 +287,71 @@ class ForkServer:
             self.send({"seq": seq, "error": "spawn needs three fds", "errno": "EINVAL"})
             return
         argv = message.get("argv")
+        report_r, report_w = os.pipe() if message.get("report") and argv else (-1, -1)
         pid = os.fork()
         if pid == 0:
-            _child(message["netns"], argv, message.get("env"), fds, message.get("user"))
+            _child(
+                message["netns"],
+                argv,
+                message.get("env"),
+                fds,
+                message.get("user"),
+                report_w,
+                message.get("env_add"),
+                message.get("cwd"),
+            )
         self.children.add(pid)
-        self.send({"seq": seq, "pid": pid})
+        self.groups.add(pid)
+        if message.get("grace") is not None:
+            self.graceful[pid] = float(message["grace"])
+        if report_r < 0:
+            self.send({"seq": seq, "pid": pid})
+            return
+        os.close(report_w)
+        self.reports[pid] = seq
+        self.selector.register(report_r, selectors.EVENT_READ, ("report", pid))
+
+    def on_report(self, fd: int, pid: int) -> None:
+        """The child exec'd (EOF) or says why it could not; then its spawn is answered."""
+        try:
+            said = os.read(fd, MAX_MESSAGE)
+        except OSError:
+            said = b""
+        self.selector.unregister(fd)
+        os.close(fd)
+        seq = self.reports.pop(pid)
+        held = self.held.pop(pid, None)
+        if not said:
+            self.send({"seq": seq, "pid": pid})
+            if held is not None:
+                self.send({"exited": pid, "status": held})
+            return
+        stage, code, detail = json.loads(said)
+        if held is None:  # it exits at once after telling us: no "exited" for it
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self.children.discard(pid)
+        self.groups.discard(pid)
+        self.graceful.pop(pid, None)
+        self.send(
+            {
+                "seq": seq,
+                "error": detail,
+                "errno": errno.errorcode.get(code),
+                "stage": stage,
+            }
+        )
+
+    def kill(self, pid: int, sig: int, group: bool) -> None:
+        if not group:
+            if pid in self.children:
+                os.kill(pid, sig)
+            return
+        if pid in self.groups:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                self.groups.discard(pid)  # nobody left in it: its id may be reused
 
     def detach(self, fds: list[int], drain: int) -> None:
         # The controller hands the lab over: it exits soon, we keep everything alive.
@@ -293,9 +400,17 @@ class ForkServer:
             if pid == self.sentinel_pid:
                 continue
             self.children.discard(pid)
+            self.graceful.pop(pid, None)
+            if not _group_alive(pid):
+                self.groups.discard(pid)
+            if pid in self.reports:  # its spawn is not answered yet: tell both then
+                self.held[pid] = _status(raw)
+                continue
             self.send({"exited": pid, "status": _status(raw)})
 
     def finish(self) -> None:
+        if not self.orderly:
+            self.stop_gracefully()
         if self.lock_fd is not None:
             os.close(self.lock_fd)  # the lab's owner is gone: the clean-up may take it
         if self.orderly:
@@ -304,7 +419,7 @@ class ForkServer:
         # Without "o" the sentinel reaps the lab now: it kills whatever runs inside the
         # lab's namespaces itself, so it need not wait for us to kill our children.
         os.close(self.sentinel_pipe)
-        for pid in self.children:
+        for pid in self.children | self.groups:
             # Each child leads its own session: its group holds what it started too.
             for kill in (os.killpg, os.kill):
                 with contextlib.suppress(OSError):
@@ -314,6 +429,26 @@ class ForkServer:
         for pid in list(self.children):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
+
+    def stop_gracefully(self) -> None:
+        """SIGTERM to the groups of the user's processes (spawned with a grace), then wait
+        up to the longest grace for them to exit; SIGKILL follows in `finish`."""
+        waiting = {pid for pid in self.graceful if pid in self.children}
+        if not waiting:
+            return
+        for pid in waiting:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + max(self.graceful[pid] for pid in waiting)
+        while waiting and time.monotonic() < deadline:
+            for pid in list(waiting):
+                with contextlib.suppress(ChildProcessError):
+                    done, _raw = os.waitpid(pid, os.WNOHANG)
+                    if not done:
+                        continue
+                waiting.discard(pid)
+                self.children.discard(pid)
+            time.sleep(0.01)
 
 
 def _sentinel(read_end: int, write_end: int, plan: dict[str, Any] | None) -> None:

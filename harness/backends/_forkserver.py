@@ -11,11 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.backends.base import FutureProcess
-from harness.errors import BackendError
+from harness.errors import BackendError, ProcessFailed
 
 
 class ForkedProcess(FutureProcess):
@@ -28,6 +28,32 @@ class ForkedProcess(FutureProcess):
     def kill(self, signal: int) -> None:
         if not self._exit.done():
             self._server.kill(self._pid, signal)
+
+    def kill_group(self, signal: int) -> None:
+        """`signal` to the process's group, even after the process itself has exited."""
+        self._server.kill(self._pid, signal, group=True)
+
+
+class _ExecFailed(Exception):
+    """The fork server's child could not become the command (its report)."""
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(message.get("error"))
+        self.stage = str(message.get("stage"))
+        self.errno = str(message.get("errno"))
+        self.detail = str(message.get("error"))
+
+    def explain(self, argv: list[str], cwd: str | None, user: str | None) -> str:
+        command = argv[0] if argv else "?"
+        if self.stage == "exec" and self.errno == "ENOENT":
+            return f"command not found: {command}"
+        if self.stage == "exec":
+            return f"cannot execute {command}: {self.detail}"
+        if self.stage == "cwd":
+            return f"cannot start {command} in directory {cwd}: {self.detail}"
+        if self.stage == "user":
+            return f"cannot start {command} as user {user}: {self.detail}"
+        return f"cannot start {command}: {self.detail}"
 
 
 class ForkServerClient:
@@ -103,11 +129,24 @@ class ForkServerClient:
         stdio: Sequence[int],
         env: dict[str, str] | None = None,
         user: str | None = None,
+        *,
+        env_add: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        grace: float | None = None,
     ) -> ForkedProcess:
+        """Start `argv` (None: the host agent) in the namespace on `stdio`.
+
+        With `env_add`, `cwd` or `grace` it is a user's process: it gets our environment
+        plus `env_add` (and HOME/USER/LOGNAME of `user`), starts in `cwd`, and this
+        returns once it has exec'd; a failure to (command not found, no such directory or
+        user) raises ProcessFailed. `grace`: how long it gets between SIGTERM and SIGKILL
+        if the fork server ends without us (a detached lab's `netharness down`).
+        """
         self._seq += 1
         seq = self._seq
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending[seq] = future
+        user_process = env_add is not None or cwd is not None or grace is not None
         message = {
             "op": "spawn",
             "seq": seq,
@@ -116,9 +155,13 @@ class ForkServerClient:
             "env": env,
             "user": user,
         }
+        if user_process:
+            message.update(env_add=dict(env_add or {}), cwd=cwd, report=True, grace=grace)
         try:
             self._send(message, stdio)
             pid = await future
+        except _ExecFailed as exc:
+            raise ProcessFailed(exc.explain(list(argv or ()), cwd, user)) from None
         finally:
             self._pending.pop(seq, None)
         process = ForkedProcess(self, pid)
@@ -134,8 +177,10 @@ class ForkServerClient:
     def log_to(self, path: str) -> None:
         self._send({"op": "log", "path": path})
 
-    def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
-        self._send({"op": "kill", "pid": pid, "signal": sig})
+    def kill(self, pid: int, sig: int = signal.SIGKILL, *, group: bool = False) -> None:
+        """Signal a child, or with `group` its process group (which it leads), which
+        still reaches what it started after the child itself has exited."""
+        self._send({"op": "kill", "pid": pid, "signal": sig, "group": group})
 
     def detach(self, lock_fd: int, drain: Sequence[int], hold: Sequence[int]) -> None:
         """Hand the lab to the server: it keeps it alive until SIGTERM, then cleans it.
@@ -176,6 +221,8 @@ class ForkServerClient:
             return
         if "pid" in message:
             future.set_result(int(message["pid"]))
+        elif "stage" in message:
+            future.set_exception(_ExecFailed(message))
         else:
             code = getattr(errno, str(message.get("errno")), None)
             future.set_exception(BackendError(f"spawn failed: {message.get('error')}", code=code))

@@ -79,6 +79,9 @@ class HostHandle:
     details: dict[str, str] = field(default_factory=dict)
 
 
+STOP_GRACE = 1.0
+"""Seconds a user's process gets between SIGTERM and SIGKILL when its lab ends."""
+
 AGENT: Sequence[str] = ("<netharness-hostagent>",)
 """argv for `Backend.start` that means: the host agent, delivered the backend's way."""
 
@@ -116,10 +119,27 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def start(
-        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+        self,
+        handle: HostHandle,
+        argv: Sequence[str],
+        stdio: Stdio,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Process:
         """Start `argv` (or `AGENT`) inside the host with the given stdio, as `user`
-        (a name or uid; None: as the controller's user)."""
+        (a name or uid; None: as the controller's user).
+
+        `env` or `cwd` given: a user's process. It gets the host's usual environment
+        plus `env`, starts in `cwd` (None: the backend's default), leads a process group
+        of its own (see `signal_group`), and a command that cannot be started raises
+        ProcessFailed ("command not found: X") where the backend can tell.
+        """
+
+    def signal_group(self, handle: HostHandle, process: Process, sig: int) -> None:
+        """Send `sig` to the process group of a user's process `start` made: it and what
+        it started, even after it has itself exited. By default only to the process."""
+        process.kill(sig)
 
     #: The ledger entry kinds this backend's objects are recorded under, besides the
     #: namespaces every lab records (hostagent.reaper removes those).

@@ -49,6 +49,7 @@ from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.core import _netns, naming
 from harness.core.ledger import ABSENT
+from harness.core.pgroups import signal_group
 from harness.errors import (
     BackendError,
     CleanupError,
@@ -300,7 +301,13 @@ class DockerBackend(Backend):
         return path
 
     async def start(
-        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+        self,
+        handle: HostHandle,
+        argv: Sequence[str],
+        stdio: Stdio,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Process:
         if argv is AGENT:  # beside the container, in its network namespace
             return await self._forkserver.spawn(
@@ -310,7 +317,9 @@ class DockerBackend(Backend):
         # Our own copies: the caller closes its fds once we return.
         fds = Stdio(os.dup(stdio.stdin), os.dup(stdio.stdout), os.dup(stdio.stderr))
         try:
-            return await asyncio.to_thread(self._start, handle, list(argv), fds, user, loop)
+            return await asyncio.to_thread(
+                self._start, handle, list(argv), fds, user, loop, env, cwd
+            )
         except BaseException:
             for fd in (fds.stdin, fds.stdout, fds.stderr):
                 with contextlib.suppress(OSError):
@@ -324,6 +333,8 @@ class DockerBackend(Backend):
         fds: Stdio,
         user: str | None,
         loop: asyncio.AbstractEventLoop,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> ExecProcess:
         """Run `command` inside the container (the exec API), its stdio pumped to `fds`."""
         from docker.errors import DockerException
@@ -331,7 +342,13 @@ class DockerBackend(Backend):
         api = self.client().api
         try:
             exec_id = api.exec_create(
-                handle.details["id"], command, stdin=True, user=user or "", privileged=False
+                handle.details["id"],
+                command,
+                stdin=True,
+                user=user or "",
+                privileged=False,
+                environment=dict(env) if env else None,  # added to the image's own
+                workdir=cwd,  # None: the image's WORKDIR
             )["Id"]
             sock = api.exec_start(exec_id, socket=True)
         except DockerException as exc:
@@ -355,6 +372,10 @@ class DockerBackend(Backend):
             )
         )
         return process
+
+    def signal_group(self, handle: HostHandle, process: Process, sig: int) -> None:
+        # runc makes an exec'd process a session leader: its group, by its host pid.
+        signal_group(process.pid, sig)
 
     def _exec_failed(self, handle: HostHandle, command: list[str], exc: Exception) -> BackendError:
         """Why an exec could not start: the container exited (its status, its log), or

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.errors import ProcessFailed
 from harness.topology import Host
 
 
@@ -62,13 +64,37 @@ class FakeBackend(Backend):
         return handle
 
     async def start(
-        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+        self,
+        handle: HostHandle,
+        argv: Sequence[str],
+        stdio: Stdio,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Process:
         if handle.name not in self.hosts:
             raise KeyError(f"no host {handle.name} in this fake backend")
         command = [sys.executable, "-m", "hostagent"] if argv is AGENT else list(argv)
         self.started.append((handle.name, tuple(command), user))
-        process = await asyncio.create_subprocess_exec(
-            *command, stdin=stdio.stdin, stdout=stdio.stdout, stderr=stdio.stderr
-        )
+        user_process = env is not None or cwd is not None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *command,
+                stdin=stdio.stdin,
+                stdout=stdio.stdout,
+                stderr=stdio.stderr,
+                env={**os.environ, **env} if env else None,
+                cwd=cwd,
+                start_new_session=user_process,  # a group of its own, as the seam says
+            )
+        except FileNotFoundError as exc:
+            if not user_process:
+                raise
+            missing = command[0] if exc.filename in (None, command[0]) else exc.filename
+            what = "command not found" if missing == command[0] else "no such directory"
+            raise ProcessFailed(f"{what}: {missing}") from None
         return _Child(process)
+
+    def signal_group(self, handle: HostHandle, process: Process, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from harness.backends._forkserver import ForkServerClient
-from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.backends._forkserver import ForkedProcess, ForkServerClient
+from harness.backends.base import AGENT, STOP_GRACE, Backend, HostHandle, Process, Stdio
 from harness.core import _netns, naming
 from harness.core.ledger import ABSENT
 from harness.errors import BackendError
@@ -70,12 +70,36 @@ class NetnsBackend(Backend):
         )
 
     async def start(
-        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+        self,
+        handle: HostHandle,
+        argv: Sequence[str],
+        stdio: Stdio,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Process:
         command = None if argv is AGENT else list(argv)
+        fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+        if env is None and cwd is None:
+            return await self._forkserver.spawn(handle.netns_path, command, fds, user=user)
+        # A user's process: the fork server reports a failed exec, and gives it a grace
+        # between SIGTERM and SIGKILL if it outlives us (a detached lab going down).
+        # Like `ip netns exec`, it starts where the controller is unless told otherwise.
         return await self._forkserver.spawn(
-            handle.netns_path, command, (stdio.stdin, stdio.stdout, stdio.stderr), user=user
+            handle.netns_path,
+            command,
+            fds,
+            user=user,
+            env_add=env or {},
+            cwd=cwd if cwd is not None else os.getcwd(),
+            grace=STOP_GRACE,
         )
+
+    def signal_group(self, handle: HostHandle, process: Process, sig: int) -> None:
+        if isinstance(process, ForkedProcess):
+            process.kill_group(sig)
+        else:
+            process.kill(sig)
 
 
 def run_in_namespace(netns_path: str, argv: list[str], env: dict[str, str]) -> int:

@@ -21,7 +21,7 @@ import os
 import shlex
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,13 @@ class SshBackend(Backend):
         )
 
     async def start(
-        self, handle: HostHandle, argv: Sequence[str], stdio: Stdio, user: str | None = None
+        self,
+        handle: HostHandle,
+        argv: Sequence[str],
+        stdio: Stdio,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
     ) -> Process:
         remote = self._remotes.get(handle.name)
         if remote is None:
@@ -137,7 +143,7 @@ class SshBackend(Backend):
         elif user is not None:
             raise BackendError("commands run as the login user on ssh hosts", host=handle.name)
         else:
-            command = shlex.join(argv)
+            command = _user_command(list(argv), env, cwd)
         channel = await asyncio.to_thread(remote.open_session)
         try:
             channel.exec_command(command)
@@ -201,6 +207,18 @@ class SshBackend(Backend):
         except BaseException:
             client.close()
             raise
+
+
+def _user_command(argv: list[str], env: Mapping[str, str] | None, cwd: str | None) -> str:
+    """The shell line for a command: in `cwd` (the login directory if None), with `env`
+    added to the login environment; `exec` so the command is the channel's process."""
+    line = shlex.join(argv)
+    if env:
+        line = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + line
+    line = "exec " + line
+    if cwd is not None:
+        line = f"cd {shlex.quote(cwd)} && {line}"
+    return line
 
 
 def _keeper(client: paramiko.SSHClient, directory: str, host: str) -> paramiko.Channel:

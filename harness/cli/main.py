@@ -69,6 +69,7 @@ class LazyGroup(click.Group):
         "diagnose": "harness.cli.diagnose:diagnose",
         "graph": "harness.cli.graph:graph",
         "image": "harness.cli.image:image",
+        "logs": "harness.cli.logs:logs",
         "matrix": "harness.cli.probe:matrix",
         "probe": "harness.cli.probe:probe",
         "ps": "harness.cli.ps:ps",

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import time
@@ -44,13 +45,22 @@ from harness.errors import (
     UsageError,
 )
 from harness.lab import firewall as _firewall
+from harness.lab import processes as _processes
 from harness.lab import progress as _progress
 from harness.lab import teardown as _teardown
 from harness.lab.fabric import Fabric, wire_all
+from harness.lab.processes import ProcessHandle
 from harness.lab.runtime import Agents, CommandResult, HostRuntime
 from harness.observe import capture as _capture
 from harness.observe.faults import Fault, Faults, Link
-from harness.topology import SYSCTLS, Host, Topology, load_topology, parse_topology
+from harness.topology import (
+    SYSCTLS,
+    Host,
+    Ready,
+    Topology,
+    load_topology,
+    parse_topology,
+)
 
 AGENT_CLOSE_TIMEOUT = 1.0
 T = TypeVar("T")
@@ -142,6 +152,55 @@ class LabHost:
             return " ".join(result.stdout.split())
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # setns is per thread
             return pool.submit(_sysctl_in, path, key, value).result()
+
+    def start(
+        self,
+        command: str | Sequence[str],
+        *,
+        name: str | None = None,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        ready: Ready | str | Sequence[Ready | str] | None = None,
+        ready_timeout: float = 10.0,
+    ) -> ProcessHandle:
+        """Start a process of yours in this host: a list, or a string split as a shell
+        would (no shell runs it). Its stdout and stderr go to its log
+        (`netharness logs LAB HOST NAME`); it leads its own process group and dies with
+        the lab.
+
+        `ready` ("tcp/8080", a `Ready`, or a list): return only once those sockets
+        listen (sock_diag), within `ready_timeout` seconds. A process that exits first,
+        a missing command or the timeout raise ProcessFailed with its log's tail; the
+        process is stopped and the lab stays up. `name` (unique among this host's live
+        processes) defaults to argv[0]'s name plus a counter.
+        """
+        if self._lab._state != "up":
+            raise UsageError(f"lab {self._lab.id} is not up")
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if not argv:
+            raise UsageError("start: the command is empty")
+        if name is None:
+            name = _processes.default_name(argv, self.runtime.processes)
+        program = _processes.program_for(
+            argv,
+            name=name,
+            user=user,
+            env=env,
+            cwd=cwd,
+            ready=ready,
+            ready_timeout=ready_timeout,
+        )
+        handle = self.runtime.call(self.runtime.start_process(program))
+        self._lab._processes_changed()
+        return handle
+
+    @property
+    def processes(self) -> Mapping[str, ProcessHandle]:
+        """Name -> handle of the user's processes this Lab started in this host (the
+        `run:` programs and `start()`), read-only; ended ones stay until a new one
+        takes their name."""
+        return MappingProxyType(self.runtime.processes)
 
     def kill_agents(self) -> int:
         """SIGKILL every agent in this host (a crash); returns how many. See restart()."""
@@ -462,6 +521,7 @@ class Lab:
                     "addresses": host.addresses,
                     "netns_path": host.handle.netns_path,
                     "details": host.handle.details,
+                    "processes": {n: p.describe() for n, p in host.runtime.processes.items()},
                 }
                 for name, host in self.hosts.items()
             },
@@ -528,6 +588,8 @@ class Lab:
             )
             await self._apply_nft()
             await self._open_services()
+            await self._run_programs()
+            self.timings["programs"] = time.perf_counter() - started
             self._state = "up"
             self._ledger.write_info(self.describe())
             self.timings["up"] = time.perf_counter() - started
@@ -606,6 +668,34 @@ class Lab:
         for host in self.hosts.values():
             await host.runtime.open_services()
 
+    async def _run_programs(self) -> None:
+        # Hosts at once, each host's programs in file order; the first failure stops the
+        # rest (what started is stopped by the teardown that follows).
+        tasks = [
+            asyncio.ensure_future(h.runtime.run_programs())
+            for h in self.hosts.values()
+            if h.spec.run
+        ]
+        if not tasks:
+            return
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+            await asyncio.gather(*(h.runtime.await_process_services() for h in self.hosts.values()))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _stop_processes(self) -> None:
+        # Before the namespaces go: every group gets SIGTERM and one grace together.
+        await asyncio.gather(*(h.runtime.stop_processes() for h in self.hosts.values()))
+
+    def _processes_changed(self) -> None:
+        if self._attached is None:  # lab.json lists them (an attached lab's is not ours)
+            self._ledger.write_info(self.describe())
+
     async def _close_agents(self) -> None:
         async def close(agent: Agent) -> None:
             with contextlib.suppress(AgentError, OSError):
@@ -621,7 +711,10 @@ class Lab:
         lock = self._lifecycle or asyncio.Lock()
         async with lock:  # waits for a cancelled bring-up to finish unwinding
             try:
-                await self._close_agents()
+                try:
+                    await self._stop_processes()
+                finally:
+                    await self._close_agents()
             finally:
                 await _capture.stop(self._captures)
                 if self._fabric is not None:

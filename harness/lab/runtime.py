@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.core.agent import Agent, AgentChannel
-from harness.errors import BackendError, HarnessError
+from harness.errors import BackendError, HarnessError, UsageError
+from harness.lab import processes
 from harness.lab._pipes import communicate
+from harness.lab.processes import ProcessHandle
+from harness.observe import diag
+from harness.topology import Program, Ready
 
 if TYPE_CHECKING:
     from harness.backends._forkserver import ForkServerClient
@@ -80,6 +84,7 @@ class HostRuntime:
         self.spec = spec
         self.handle = handle
         self.host_agent: Agent | None = None  # started at bring-up; holds the services
+        self.processes: dict[str, ProcessHandle] = {}  # the user's, that this Lab started
         self._backend = backend
         self._runner = runner
         self._agents = agents
@@ -128,6 +133,8 @@ class HostRuntime:
         agent = self.host_agent
         assert agent is not None, "open_services before the host agent started"
         for service in self.spec.services:
+            if service.process is not None:
+                continue  # the user's process listens there itself
             addresses = [service.address] if service.address else ["0.0.0.0"]
             if service.address is None and any(i.address6 for i in self.spec.interfaces):
                 addresses.append("::")
@@ -193,3 +200,66 @@ class HostRuntime:
         await self.kill_agents(timeout)
         self.host_agent = await self.start_agent()
         await self.open_services()
+
+    # -- the user's processes (harness/lab/processes.py) -------------------------------
+
+    async def start_process(self, program: Program) -> ProcessHandle:
+        """Start a user's process and wait until it is ready; on failure it is stopped
+        and ProcessFailed raised. Its name must not be a live process's of this host."""
+        current = self.processes.get(program.name)
+        if current is not None and current.returncode is None:
+            raise UsageError(
+                f"host {self.name} already runs a process {program.name!r} (pid {current.pid})"
+            )
+        handle = await processes.start(
+            program, self.handle, self._backend, self._logs / self.name, self._runner
+        )
+        self.processes[program.name] = handle
+        await handle.until_ready(self.listening)
+        return handle
+
+    async def run_programs(self) -> None:
+        """The host's `run:` programs in file order, each ready before the next starts."""
+        for program in self.spec.run:
+            await self.start_process(program)
+
+    async def await_process_services(self) -> None:
+        """Wait until each service a process of the user's holds listens; a `run:`
+        program that exits first, or the timeout, raises ProcessFailed."""
+        for service in self.spec.services:
+            if service.process is None:
+                continue
+            owner = self.processes.get(service.process)
+            if owner is not None:  # "main" (a container's own process) is the backend's
+                await owner.until_ready(self.listening, [Ready(service.proto, service.port)])
+
+    async def stop_processes(self, grace: float = processes.STOP_GRACE) -> None:
+        await processes.stop_all(list(self.processes.values()), grace)
+
+    async def listening(self, proto: str) -> set[int]:
+        """The ports on which a `proto` socket of the host listens (TCP) or is bound
+        (UDP), IPv4 and IPv6, as sock_diag shows them."""
+        states = {"LISTEN"} if proto == "tcp" else None
+        found: set[int] = set()
+        for family in (4, 6):
+            if self.handle.netns_path:
+                rows = await asyncio.to_thread(
+                    diag.sockets_in,
+                    self.handle.netns_path,
+                    proto,  # type: ignore[arg-type]
+                    family,
+                    states=states,
+                    label=self.name,
+                )
+                found |= {s.local[1] for s in rows}
+            else:  # an existing machine: its agent asks its kernel
+                found |= await self._listening_through_agent(proto, family)
+        return found
+
+    async def _listening_through_agent(self, proto: str, family: int) -> set[int]:
+        assert self.host_agent is not None, "the host agent starts before any process"
+        mask = 1 << 10 if proto == "tcp" else (1 << 13) - 1  # LISTEN; UDP: any state
+        reply = await self.host_agent.channel.request(
+            "sock_diag", proto=proto, family=family, states=mask
+        )
+        return {int(row[2]) for row in reply["sockets"]}

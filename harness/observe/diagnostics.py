@@ -7,7 +7,8 @@ Per host: links with their addresses and the routes (netlink, in the host's name
 TCP and UDP sockets with their states and owning processes (sock_diag and /proc,
 as `netharness ps --all`), the nft ruleset (`nft list ruleset`
 run by the lab's fork server inside the host's namespace, so images need no nft), the
-tail of its agents' log, and the pcaps that recorded its links. Collecting never raises:
+tail of its agents' log, the user's processes with their logs' tails, and the pcaps that
+recorded its links. Collecting never raises:
 a part that cannot be read says why, because a report about a failure must not fail.
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 MAX_HOSTS = 40  # a failure report about 500 hosts helps nobody; name the rest
 LOG_TAIL = 60  # lines of each agent log
+PROCESS_TAIL = 20  # lines of each user's process's log
 NFT_TIMEOUT = 10.0
 _FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
@@ -87,6 +89,7 @@ def host_text(lab: Lab, host: LabHost) -> str:
             else (lambda: _on_machine(host, ["nft", "list", "ruleset"])),
         ),
         (f"agents' log (last {LOG_TAIL} lines)", lambda: agent_log_tail(lab, host.name)),
+        (f"your processes (last {PROCESS_TAIL} lines of each log)", lambda: _processes(lab, host)),
         ("pcaps", lambda: _pcaps(lab, host)),
         ("faults in place", lambda: _faults(lab, host)),
     ]
@@ -195,6 +198,26 @@ def agent_log_tail(lab: Lab, host: str, count: int = LOG_TAIL) -> str:
         return f"(no log at {path})"
     lines = path.read_text(errors="replace").splitlines()
     return "\n".join([f"{path}:", *lines[-count:]])
+
+
+def _processes(lab: Lab, host: LabHost) -> str:
+    """Each user's process of the host: its state and its log's tail. Those another
+    process started (an attached lab's owner) are known by their logs alone."""
+    handles = host.processes
+    directory = lab.ledger_dir / "logs" / host.name
+    others = sorted(p for p in directory.glob("*.log") if p.stem not in handles)
+    blocks = []
+    for name, handle in handles.items():
+        head = f"{name}: pid {handle.pid}, {handle.state}: {' '.join(handle.argv)}"
+        blocks.append(_with_tail(head, handle.log_tail(PROCESS_TAIL)))
+    for path in others:
+        lines = path.read_text(errors="replace").splitlines()[-PROCESS_TAIL:]
+        blocks.append(_with_tail(f"{path.stem}: started by another program", "\n".join(lines)))
+    return "\n".join(blocks)
+
+
+def _with_tail(head: str, log: str) -> str:
+    return "\n".join([head, *(f"  | {line}" for line in log.splitlines())])
 
 
 def _pcaps(lab: Lab, host: LabHost) -> str:
