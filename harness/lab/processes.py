@@ -227,7 +227,7 @@ class ProcessHandle:
                 if not missing:
                     return
                 if exited.done():
-                    raise self.failure(self._exit_cause(exited.result()))
+                    raise self.failure(self.exit_cause(exited.result()))
                 if loop.time() >= deadline:
                     raise self.failure(
                         f"not ready after {timeout:g} s: nothing listens on {missing}"
@@ -242,15 +242,16 @@ class ProcessHandle:
     def failure(self, cause: str) -> ProcessFailed:
         return ProcessFailed(cause, host=self.host, process=self.name, log_tail=self.log_tail())
 
-    def _exit_cause(self, status: int) -> str:
-        if status == 127 and "not found" in self.log_tail().lower():
-            return f"command not found: {self.argv[0]}"  # a shell's or the engine's 127
+    def exit_cause(self, status: int, when: str = " before it was ready") -> str:
+        """Why it ended, for a ProcessFailed: not found, its status or signal."""
+        if status in (126, 127) and "not found" in self.log_tail().lower():
+            return f"command not found: {self.argv[0]}"  # a shell's 127, the engine's 126
         if status < 0:
-            return f"was {describe_status(status)} before it was ready"
+            return f"was {describe_status(status)}{when}"
         hint = ""
-        if status == 0:
+        if status == 0 and when:
             hint = " (a program that daemonizes must be told to stay in the foreground)"
-        return f"exited with status {status} before it was ready{hint}"
+        return f"exited with status {status}{when}{hint}"
 
 
 async def start(
@@ -289,7 +290,10 @@ async def start(
     finally:
         os.close(out)
         os.close(null)
-    return ProcessHandle(program, host, backend, process, log, runner)
+    handle = ProcessHandle(program, host, backend, process, log, runner)
+    if process.pid <= 0:  # it never ran (a docker exec the engine could not start)
+        raise handle.failure(handle.exit_cause(await process.wait(), when=" at once"))
+    return handle
 
 
 async def stop_all(handles: Sequence[ProcessHandle], grace: float = STOP_GRACE) -> None:

@@ -20,8 +20,10 @@ import pytest
 
 from harness import Lab
 from harness.core import ledger as _ledger
+from harness.core import pgroups
 from harness.errors import ProcessFailed, UsageError
 from harness.topology import Topology, parse_topology
+from tests.integration.conftest import docker_ready
 
 DNSMASQ = (
     "dnsmasq --keep-in-foreground --conf-file=/dev/null --pid-file= --no-resolv --no-hosts"
@@ -369,3 +371,31 @@ def test_a_detached_lab_keeps_its_programs_until_down(tmp_path: Path) -> None:
     assert down.returncode == 0, down.stderr
     assert not [pid for pid in pids if _alive(pid)]
     assert _gone(lab_id)
+
+
+def test_processes_in_a_docker_host_run_inside_the_container() -> None:
+    docker_ready()
+    # The image's own tools: netharness/host has python3 and no dnsmasq.
+    dnsmasq = f"      - name: dnsmasq\n        command: {DNSMASQ}\n"
+    dnsmasq += "        ready: {listen: [udp/53, tcp/53]}\n"
+    text = TOPOLOGY.replace(dnsmasq, "").replace("cwd: /usr/share/doc/dnsmasq-base", "cwd: /etc")
+    with Lab.up(_topology(text), backend="docker") as lab:
+        dns = lab.hosts["dns"]
+        assert list(dns.processes) == ["web"]
+        fetch = (
+            "import urllib.request as u; print(u.urlopen('http://10.0.1.53:8080/hostname').read())"
+        )
+        page = lab.hosts["client"].run(["python3", "-c", fetch])
+        assert page.returncode == 0, page.stderr
+        assert "GET /hostname" in dns.processes["web"].log_tail()
+        shown = dns.start("sh -c 'echo $FOO; pwd'", env={"FOO": "bar"}, cwd="/tmp")
+        assert shown.wait(timeout=10) == 0
+        assert shown.log.read_text().splitlines() == ["bar", "/tmp"]
+        started = time.perf_counter()
+        with pytest.raises(ProcessFailed, match="command not found: dnsmasq"):
+            dns.start(DNSMASQ)
+        assert time.perf_counter() - started < 2
+        group = dns.start(["sh", "-c", "trap '' TERM; sleep 60 & wait"], name="group")
+        time.sleep(0.2)
+        assert group.stop(grace=0.3) == -signal.SIGKILL
+        assert not pgroups.live_members(group.pid)
