@@ -71,8 +71,9 @@ def test_failure_report_terminal_junit_and_artifacts(pytester: pytest.Pytester) 
         # Addresses and routes, sockets with states, the ruleset, the agent log, the pcaps.
         assert "10.0.1.11/24" in text
         assert "10.9.0.0/16 via 10.0.1.12 dev lan" in text
-        assert re.search(r"tcp4 LISTEN\s+0\.0\.0\.0:8080", text)
-        assert re.search(r"tcp4 ESTABLISHED\s+10\.0\.1\.11:\d+\s+10\.0\.1\.12:8080", text)
+        # proto, local, peer, state, then the owner: pid, user, command (`netharness ps`)
+        assert re.search(r"tcp\s+0\.0\.0\.0:8080\s+0\.0\.0\.0:\*\s+LISTEN\s+\d+\s+root\s", text)
+        assert re.search(r"tcp\s+10\.0\.1\.11:\d+\s+10\.0\.1\.12:8080\s+ESTABLISHED\s+\d+", text)
         assert "table inet diagnosed_filter" in text
         assert "tcp dport 9 reject with tcp reset" in text
         assert re.search(r"hostagent\[\d+\] started", text)
