@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
+from harness.checks.owners import OwnerCheck, ServiceVerdict, Target, check_services, owner_checks
 from harness.errors import AgentError, UsageError
 from harness.topology import Expectation, ProbeState
 
@@ -326,10 +327,12 @@ class Verdict:
     line: int = 0
     column: int = 0
     address_given: bool = False  # the expectation named the address to probe
+    # `owner:`'s check (harness/checks/owners.py), made once the state matched
+    owner: OwnerCheck | None = None
 
     @property
     def passed(self) -> bool:
-        return self.result.state == self.expected
+        return self.result.state == self.expected and (self.owner is None or self.owner.passed)
 
     def to_json(self, lab_id: str) -> dict[str, Any]:
         return {
@@ -341,6 +344,7 @@ class Verdict:
             "line": self.line,
             "column": self.column,
             "reproduce": reproduce_command(lab_id, self.result, self.address_given),
+            "owner": self.owner.to_json() if self.owner else None,
         }
 
 
@@ -349,10 +353,11 @@ class CheckReport:
     lab: str
     verdicts: tuple[Verdict, ...]
     seconds: float
+    services: tuple[ServiceVerdict, ...] = ()  # `process:` services and their listeners
 
     @property
     def passed(self) -> bool:
-        return all(v.passed for v in self.verdicts)
+        return all(v.passed for v in self.verdicts) and all(s.passed for s in self.services)
 
     @property
     def failed(self) -> tuple[Verdict, ...]:
@@ -366,6 +371,9 @@ class CheckReport:
         )
         if flaky:
             text += f", {flaky} passed only after a retry"
+        if self.services:
+            wrong = sum(1 for s in self.services if not s.passed)
+            text += f"; {len(self.services)} process services: {wrong} failed"
         return f"{text} ({self.seconds:.2f} s)"
 
     def to_json(self) -> dict[str, Any]:
@@ -374,6 +382,7 @@ class CheckReport:
             "passed": self.passed,
             "summary": self.summary(),
             "cells": [v.to_json(self.lab) for v in self.verdicts],
+            "services": [s.to_json() for s in self.services],
         }
 
 
@@ -382,9 +391,12 @@ def check(
     expectations: Sequence[Expectation],
     retries: int = 2,
     timeout: float = DEFAULT_TIMEOUT,
+    services: bool = True,
 ) -> CheckReport:
     """Probe every expectation; a cell that does not match is probed again, up to
-    `retries` more times, before it counts as a mismatch (the retries are reported)."""
+    `retries` more times, before it counts as a mismatch (the retries are reported).
+    A cell with an `owner:` whose state matched is checked for who accepts it, and with
+    `services` each `process:` service for who listens (harness/checks/owners.py)."""
     if retries < 0:
         raise UsageError(f"retries must be 0 or more, not {retries}")
     started = time.monotonic()
@@ -399,11 +411,29 @@ def check(
         for index, result in zip(again, retried, strict=True):
             used[index] += 1
             results[index] = result._replace(attempts=used[index] + 1)
+    owned = [i for i, e in enumerate(expectations) if e.owner and results[i].state == e.state]
+    judged = owner_checks(lab, [_owner_target(expectations[i], results[i]) for i in owned])
+    owners = dict(zip(owned, judged, strict=True))
     verdicts = tuple(
-        Verdict(e.state, results[i], used[i], e.line, e.column, e.address is not None)
+        Verdict(
+            e.state, results[i], used[i], e.line, e.column, e.address is not None, owners.get(i)
+        )
         for i, e in enumerate(expectations)
     )
-    return CheckReport(lab.id, verdicts, time.monotonic() - started)
+    checked = check_services(lab) if services else ()
+    return CheckReport(lab.id, verdicts, time.monotonic() - started, checked)
+
+
+def _owner_target(expectation: Expectation, result: ProbeResult) -> Target:
+    assert expectation.owner is not None
+    return Target(
+        expectation.source,
+        expectation.target,
+        result.address,
+        expectation.port,
+        expectation.proto,
+        expectation.owner,
+    )
 
 
 # ---- command line helpers -------------------------------------------------------------

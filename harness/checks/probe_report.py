@@ -47,6 +47,8 @@ def _cell_text(result: ProbeResult, verdict: Verdict | None) -> tuple[str, str]:
         return result.state, f"[{style}]{escape(result.state)}[/{style}]"
     if not verdict.passed:
         text = f"{MISMATCH} {result.state} (want {verdict.expected})"
+        if verdict.owner is not None and result.state == verdict.expected:
+            text = f"{MISMATCH} {result.state} (not by {verdict.owner.process})"
         return text, f"[bold red]{escape(text)}[/bold red]"
     if verdict.retries:
         text = f"{result.state} (retried {verdict.retries})"
@@ -113,6 +115,16 @@ def print_check(console: Console, report: CheckReport, lab_gone: bool = False) -
             result = verdict.result
             where = f"line {verdict.line}: " if verdict.line else ""
             lab = "LAB" if lab_gone else report.lab
+            if verdict.owner is not None and result.state == verdict.expected:
+                console.print(
+                    f"  {MISMATCH} {where}{result.cell} ({result.address}): expected "
+                    f"{verdict.expected}, accepted by {verdict.owner.process} — "
+                    f"{verdict.owner.problem}\n"
+                    f"    see: netharness ps {lab} {result.target} --all",
+                    markup=False,
+                    highlight=False,
+                )
+                continue
             console.print(
                 f"  {MISMATCH} {where}{result.cell} ({result.address}): expected "
                 f"{verdict.expected}, observed {result.state} — {result.reason} "
@@ -121,7 +133,24 @@ def print_check(console: Console, report: CheckReport, lab_gone: bool = False) -
                 markup=False,
                 highlight=False,
             )
+    _print_services(console, report)
     console.print(report.summary(), markup=False)
+
+
+def _print_services(console: Console, report: CheckReport) -> None:
+    """Each `process:` service: who holds its listeners, or what is wrong."""
+    if not report.services:
+        return
+    console.print()
+    console.print("process services:", markup=False)
+    for service in report.services:
+        owner = service.owner
+        if owner.passed:
+            holders = ", ".join(sorted({f"pid {o.pid}" for o in owner.holders}))
+            text = f"  ok {service.label}: held by {owner.process} ({holders})"
+        else:
+            text = f"  {MISMATCH} {service.label}: {owner.problem}"
+        console.print(text, markup=False, highlight=False)
 
 
 def matrix_json(lab_id: str, results: Sequence[ProbeResult]) -> dict[str, Any]:

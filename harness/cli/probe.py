@@ -155,7 +155,8 @@ def check(target: str, retries: int, timeout: float, json_out: bool, svg: Path |
     lab, is_file = _open_lab(target)
     with lab:
         expectations = getattr(lab.topology, "expectations", ())
-        if not expectations:
+        owned = any(s.process for h in lab.topology.hosts.values() for s in h.services)
+        if not expectations and not owned:
             raise UsageError(
                 f"{lab.topology.source} has no `expect:` entries to check; add some "
                 "(docs/topology.md) or use `netharness matrix` to see what is reachable"

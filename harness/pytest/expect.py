@@ -130,11 +130,15 @@ class ExpectItem(pytest.Item):
         result = verdict.result
         retries = f"{verdict.retries} retr{'y' if verdict.retries == 1 else 'ies'}"
         command = reproduce_command("LAB", result, verdict.address_given)
+        owner = verdict.owner
+        if owner is not None and not owner.passed:  # open, but not accepted by `owner:`
+            command = f"netharness ps LAB {result.target} --all"
         return (
             f"{self.path.name}:{verdict.line}: {result.cell} (IPv{result.family} "
             f"{result.address})\n"
-            f"expected: {verdict.expected}\n"
-            f"observed: {result.state}\n"
+            f"expected: {verdict.expected}"
+            + (f", accepted by {owner.process}\nowner:    {owner.problem}" if owner else "")
+            + f"\nobserved: {result.state}\n"
             f"reason:   {result.reason} (after {retries})\n"
             f"reproduce: `netharness up {self.path}` then {command}"
         )
