@@ -152,6 +152,10 @@ class Backend(abc.ABC):
         backend's hosts go: `Lab.down`, `netharness down` and `clean` all end here."""
         return []
 
+    async def check_hosts(self, handles: Sequence[HostHandle]) -> None:  # noqa: B027
+        """At the end of bring-up: raise ProcessFailed if a host's own main process has
+        ended meanwhile (a container that exited). Hosts without one: nothing to check."""
+
     async def detach(self, log_fd: int) -> None:  # noqa: B027 - optional hook, no-op default
         """The lab is about to outlive this process (`netharness up`): hand whatever keeps
         its processes' stdio flowing to a process that stays (stderr to `log_fd`)."""

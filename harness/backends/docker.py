@@ -377,6 +377,37 @@ class DockerBackend(Backend):
         # runc makes an exec'd process a session leader: its group, by its host pid.
         signal_group(process.pid, sig)
 
+    async def check_hosts(self, handles: Sequence[HostHandle]) -> None:
+        await asyncio.to_thread(self._check_hosts, handles)
+
+    def _check_hosts(self, handles: Sequence[HostHandle]) -> None:
+        """One engine call for the lab: a container that is not running is ProcessFailed."""
+        from docker.errors import DockerException
+
+        ids = {h.details["id"]: h.name for h in handles}
+        if not ids:
+            return
+        try:
+            found = self.client().containers.list(
+                all=True, ignore_removed=True, filters={"label": f"{LAB_LABEL}={self._lab_id}"}
+            )
+        except DockerException as exc:
+            raise EnvironmentProblem(
+                f"cannot ask the engine about lab {self._lab_id}: {exc}"
+            ) from None
+        running = {c.id for c in found if c.status == "running"}
+        for container in found:
+            if container.id in ids and container.id not in running:
+                raise exited(container, ids[container.id])
+        missing = set(ids) - {c.id for c in found}
+        if missing:
+            host = ids[min(missing)]
+            raise ProcessFailed(
+                f"container {naming.host_netns(self._lab_id, host)} was removed",
+                host=host,
+                process="main",
+            )
+
     def _exec_failed(self, handle: HostHandle, command: list[str], exc: Exception) -> BackendError:
         """Why an exec could not start: the container exited (its status, its log), or
         the engine's own reason."""

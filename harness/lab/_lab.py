@@ -590,6 +590,10 @@ class Lab:
             await self._open_services()
             await self._run_programs()
             self.timings["programs"] = time.perf_counter() - started
+            for name, backend in self._backends.items():  # a container that exited meanwhile
+                await backend.check_hosts(
+                    [h.handle for h in self.hosts.values() if h.handle.backend == name]
+                )
             self._state = "up"
             self._ledger.write_info(self.describe())
             self.timings["up"] = time.perf_counter() - started

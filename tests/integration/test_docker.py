@@ -100,7 +100,8 @@ def test_hosts_are_locked_down_containers_without_a_network(engine: Any, mixed: 
     assert "NoNewPrivs:\t1" in status.stdout
     # The agents run beside the containers, in their network namespaces, not in them.
     agent = mixed.hosts["h2"].host_agent
-    assert os.stat(f"/proc/{agent.pid}/ns/net").st_ino == os.stat(path).st_ino
+    h2_netns = mixed.hosts["h2"].handle.netns_path
+    assert os.stat(f"/proc/{agent.pid}/ns/net").st_ino == os.stat(h2_netns).st_ino
     assert os.stat(f"/proc/{agent.pid}/ns/pid").st_ino == os.stat("/proc/self/ns/pid").st_ino
 
 

@@ -118,7 +118,7 @@ def image(engine: Any) -> Iterator[str]:
         )
         yield IMAGE
     finally:
-        engine.images.remove(IMAGE)
+        engine.images.remove(IMAGE, force=True)  # a failed test's container may use it
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +188,11 @@ def test_a_container_that_exits_at_once_fails_the_lab_at_once_leaving_nothing(
     before = snapshot()
     lab = Lab(parse_topology(FAILING, "failing.yaml"))
     started = time.monotonic()
-    with pytest.raises(ProcessFailed) as failed:
-        lab.start()
+    try:
+        with pytest.raises(ProcessFailed) as failed:
+            lab.start()
+    finally:
+        lab.down()  # a no-op after a failed start; a lab that came up must not stay
     assert time.monotonic() - started < 3
     message = str(failed.value)
     assert f"container nh-{lab.id}-bad exited with status 4" in message
