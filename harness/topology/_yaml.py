@@ -31,7 +31,7 @@ _MAX_NESTING = 100  # what the parser reads at all: each level makes ruamel slow
 _BREAK = re.compile("\r\n|[\r\n]")  # YAML 1.2 line breaks (NEL, LS and PS are not)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _KEY_TAGS = {_T + t for t in ("str", "int", "float", "bool", "null", "timestamp")}
-_YAML_DIRECTIVE = re.compile(r"^%YAML[ \t]+(\S+)", re.MULTILINE)
+_YAML_DIRECTIVE = re.compile(r"^\ufeff?%YAML[ \t]+(\S+)", re.MULTILINE)  # a BOM may come first
 
 Pos = tuple[int, int]  # 1-based line, column
 

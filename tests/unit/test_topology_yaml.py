@@ -135,6 +135,13 @@ def test_yaml_11_directive_is_refused() -> None:
     assert "%YAML 1.1" in problem.message
 
 
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_directive_after_a_byte_order_mark_is_refused_too(version: str) -> None:
+    (problem,) = problems(f"\ufeff%YAML {version}\n---\n" + MINIMAL)
+    assert f"%YAML {version}" in problem.message
+    assert (problem.line, problem.column) == (1, 1)
+
+
 def test_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(TopologyError) as caught:
         load_topology(tmp_path / "missing.yaml")
