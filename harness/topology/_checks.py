@@ -37,6 +37,7 @@ from harness.topology._addresses import (
 from harness.topology._expect import check_expectations
 from harness.topology._paths import Path, format_path, printable
 from harness.topology._policy import check_firewall
+from harness.topology._programs import Runs, check_runs, unknown_process
 from harness.topology._raw import (
     HOST_NAME_MAX,
     IFNAME_MAX,
@@ -111,6 +112,7 @@ class Checker:
         self.hosts: dict[str, _Host] = {}
         self.sysctls: dict[str, dict[str, str]] = {}  # host -> resolved, in write order
         self.firewalls: dict[str, Firewall | None] = {}
+        self.runs: dict[str, Runs] = {}  # host -> its programs and the names that refer to them
         self.expectations: tuple[Expectation, ...] = ()
 
     def problem(self, path: Path, message: str, fix: str, *, at_key: bool = False) -> None:
@@ -126,6 +128,7 @@ class Checker:
         self.check_hosts()
         self.assign_addresses()
         for host in self.hosts.values():
+            self.runs[host.name] = check_runs(self, host)
             self.check_routes(host)
             self.check_services(host)
             self.firewalls[host.name] = check_firewall(self, host.name)
@@ -607,6 +610,8 @@ class Checker:
         mine = {a for att in host.attachments for a in att.resolved.values()}
         for index, service in zip(indices, host.raw.services, strict=True):
             path = (*base, index)
+            if service.process is not None:
+                self.check_process(host.name, (*path, "process"), service.process)
             address: str | None = None
             if service.address is not None:
                 parsed = self.parse_address(
@@ -639,6 +644,11 @@ class Checker:
                 )
             else:
                 seen.update((key, index) for key in keys)
+
+    def check_process(self, host: str, path: Path, name: str) -> None:
+        unknown = unknown_process(self.runs[host], host, name)
+        if unknown is not None:
+            self.problem(path, *unknown)
 
     # -- the resolved model --------------------------------------------------------------
 
@@ -686,9 +696,10 @@ class Checker:
             )
             routes.append(Route(to, via))
         services = tuple(
-            Service(s.proto, s.port, str(ip_address(s.address)) if s.address else None)
+            Service(s.proto, s.port, str(ip_address(s.address)) if s.address else None, s.process)
             for s in host.raw.services
         )
+        runs = self.runs[host.name]
         return Host(
             host.name,
             tuple(interfaces),
@@ -701,6 +712,8 @@ class Checker:
             host.raw.image,
             self.firewalls[host.name],
             ssh_target(host.raw.ssh, self.filename) if host.raw.ssh else None,
+            runs.programs,
+            runs.command,
         )
 
 

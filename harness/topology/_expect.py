@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 from harness.topology._addresses import sort_key
 from harness.topology._paths import Path
 from harness.topology._policy import read_ports
+from harness.topology._programs import unknown_process
 from harness.topology._raw import RawExpectation
 from harness.topology.model import Expectation
 
@@ -80,6 +81,8 @@ def _check_entry(checker: Checker, path: Path, raw: RawExpectation) -> list[Expe
     if raw.address is not None and targets is not None:
         address, family = _address(checker, path, raw, targets) or (None, family)
         ok = ok and address is not None
+    if raw.owner is not None and targets is not None:
+        ok = _owner(checker, path, raw, targets) and ok
     if sources is None or targets is None or not ports or not ok:
         return None
     for host in sources + targets:
@@ -101,7 +104,9 @@ def _check_entry(checker: Checker, path: Path, raw: RawExpectation) -> list[Expe
             return None
     line, column = checker.doc.value_pos(path)
     return [
-        Expectation(s.name, t.name, raw.proto, port, raw.state, family, address, line, column)
+        Expectation(
+            s.name, t.name, raw.proto, port, raw.state, family, address, line, column, raw.owner
+        )
         for s in sources
         for t in targets
         for low, high in ports
@@ -130,6 +135,29 @@ def _hosts(checker: Checker, path: Path, key: str, value: str | list[str]) -> li
         if host not in out:
             out.append(host)
     return out
+
+
+def _owner(checker: Checker, path: Path, raw: RawExpectation, targets: list[_Host]) -> bool:
+    """Whether the entry's `owner:` is a process of every target, and can accept anything."""
+    assert raw.owner is not None
+    where = (*path, "owner")
+    if raw.state != "open":
+        checker.problem(
+            where,
+            f"owner names the process that accepts the connection, but state {raw.state} "
+            "expects none to",
+            "expect state open, or remove owner",
+        )
+        return False
+    for target in targets:
+        unknown = unknown_process(checker.runs[target.name], target.name, raw.owner)
+        if unknown is not None:
+            message, fix = unknown
+            if len(targets) > 1:
+                fix += " (owner must run on every host in `to`)"
+            checker.problem(where, message, fix)
+            return False
+    return True
 
 
 def _address(

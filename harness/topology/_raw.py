@@ -16,9 +16,13 @@ from harness.topology._sysctls import SYSCTLS
 from harness.topology.model import BACKEND_NAMES, DEFAULT_BACKEND
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]*$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 TOPOLOGY_NAME_MAX = 40
 HOST_NAME_MAX = 40  # namespaces are nh-<6-char lab id>-<host>; docker hostnames
 IFNAME_MAX = 15  # Linux IFNAMSIZ - 1; network names are the default ifnames
+PROGRAM_NAME_MAX = 40  # a `run:` name is part of its log file's name
+READY_TIMEOUT = 10.0  # seconds a program gets to listen on its `ready` sockets
+READY_TIMEOUT_MAX = 3600.0  # longer is a typo, not a slow server
 RESERVED_IFNAMES = frozenset({"lo", "all", "default"})  # taken inside every namespace
 
 
@@ -146,6 +150,14 @@ class RawService(_Strict):
         examples=["10.0.2.12", "0.0.0.0", "::"],
         json_schema_extra=_optional(),
     )
+    process: str | None = Field(
+        None,
+        description="The process that listens here itself: a `run:` program of the host, "
+        "or `main` (a docker host's own main process). Not given: netharness's agent opens "
+        "the listener.",
+        examples=["web", "main"],
+        json_schema_extra=_optional(_name_rule(PROGRAM_NAME_MAX)),
+    )
 
 
 # Tags of the unions below; `_structure.clean_loc` drops them from error locations.
@@ -172,9 +184,86 @@ Ports = Annotated[
     Annotated[str, Tag("<one>")] | Annotated[list[PortItem], Tag("<list>")],
     Discriminator(_one_or_list),
 ]
+# A command-line word or an environment value: text, or a whole number written plainly
+# (`[httpd, -p, 80]`, `PORT: 8080`), which is passed as its decimal digits.
+Word = Annotated[
+    Annotated[int, Tag("<number>")] | Annotated[str, Tag("<text>")],
+    Discriminator(_number_or_text),
+]
+Command = Annotated[
+    Annotated[str, Tag("<one>")] | Annotated[list[Word], Tag("<list>")],
+    Discriminator(_one_or_list),
+]
+User = Annotated[
+    Annotated[int, Tag("<number>")] | Annotated[str, Tag("<text>")],
+    Discriminator(_number_or_text),
+]
+_COMMAND_DOC = (
+    "A list of words, or one line split as a shell would (quotes, backslashes); no shell runs it."
+)
+_COMMAND_EXAMPLES: list[Any] = ["python3 -m http.server 8080", ["httpd", "-f", "-p", "80"]]
 RuleProto = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
 _PORTS_DOC = 'A range "A-B", or a list of ports and ranges.'
 _PORTS_EXAMPLES: list[Any] = ["5000-5100", [80, 443, "8000-8080"]]
+
+
+class RawReady(_Strict):
+    """When a program counts as started: once the host listens on these sockets."""
+
+    model_config = ConfigDict(title="Ready")
+
+    listen: Names = Field(
+        description="A socket, or a list of them, as tcp/PORT or udp/PORT: TCP listening, "
+        "UDP bound (seen through sock_diag, by any process of the host).",
+        examples=["tcp/8080", ["tcp/8080", "udp/53"]],
+    )
+    timeout: float = Field(
+        READY_TIMEOUT,
+        gt=0,
+        le=READY_TIMEOUT_MAX,
+        description="Seconds to wait for all of them; then bring-up fails.",
+        examples=[5],
+    )
+
+
+class RawProgram(_Strict):
+    """A process of the user's, started in the host when the lab comes up."""
+
+    model_config = ConfigDict(title="Program")
+
+    name: str = Field(
+        description="Name of the program, unique in the host (`main` is reserved).",
+        examples=["web"],
+        json_schema_extra=_name_rule(PROGRAM_NAME_MAX),
+    )
+    command: Command = Field(description=_COMMAND_DOC, examples=_COMMAND_EXAMPLES)
+    user: User | None = Field(
+        None,
+        description="User name or uid to run as; not given: root on netns hosts, the "
+        "image's user on docker hosts.",
+        examples=["nobody", 65534],
+        json_schema_extra=_optional(),
+    )
+    env: dict[str, Word] = Field(
+        default_factory=dict,
+        description="Environment variables set for the program.",
+        examples=[{"PORT": "8080"}],
+        json_schema_extra={"propertyNames": {"pattern": ENV_NAME_PATTERN}},
+    )
+    cwd: str | None = Field(
+        None,
+        description="Absolute working directory; not given: the backend's default (the "
+        "image's workdir on docker hosts).",
+        examples=["/srv/www"],
+        json_schema_extra=_optional({"pattern": "^/"}),
+    )
+    ready: RawReady | None = Field(
+        None,
+        description="Wait until the program listens before going on; not given: it is "
+        "started and not waited for.",
+        examples=[{"listen": "tcp/8080"}, {"listen": ["tcp/8080", "udp/53"], "timeout": 5}],
+        json_schema_extra=_optional(),
+    )
 
 
 class RawRule(_Strict):
@@ -289,6 +378,13 @@ class RawExpectation(_Strict):
         examples=["10.0.2.12"],
         json_schema_extra=_optional(),
     )
+    owner: str | None = Field(
+        None,
+        description="The process that must accept the connection on every target: a "
+        "`run:` program, or `main` for a docker host (state open only).",
+        examples=["web"],
+        json_schema_extra=_optional(_name_rule(PROGRAM_NAME_MAX)),
+    )
 
 
 class RawSsh(_Strict):
@@ -372,7 +468,7 @@ class RawHost(_Strict):
     )
     image: str | None = Field(
         None,
-        description="Docker hosts only: a local image with python3 "
+        description="Docker hosts only: any local image, run as `docker run` would "
         "(default: netharness/host:<version>, made by `netharness image build`).",
         examples=["netharness/host:0.1.0"],
         json_schema_extra=_optional({"pattern": r"^\S+$"}),
@@ -389,6 +485,19 @@ class RawHost(_Strict):
         description="An existing machine reached over SSH instead of a namespace made "
         "here; its networks list the addresses it already has.",
         examples=[{"address": "10.0.5.11", "user": "tester", "known_hosts": "known_hosts"}],
+        json_schema_extra=_optional(),
+    )
+    run: list[RawProgram] = Field(
+        default_factory=list,
+        description="Processes of yours started in the host, in this order, once its "
+        "networks, routes, sysctls, firewall and services are up (netns and docker hosts).",
+        examples=[[{"name": "web", "command": "python3 -m http.server 8080"}]],
+    )
+    command: Command | None = Field(
+        None,
+        description="Docker hosts only: replaces the image's CMD (the ENTRYPOINT stays). "
+        + _COMMAND_DOC,
+        examples=_COMMAND_EXAMPLES,
         json_schema_extra=_optional(),
     )
 

@@ -68,6 +68,16 @@ def ssh_problems(name: str, raw: RawHost, written: Any) -> list[tuple[Path, str,
                     True,
                 )
             )
+    if raw.run and is_ssh_host(raw, written):
+        found.append(
+            (
+                (*base, "run"),
+                f"{name} is an existing machine reached over SSH: netharness starts no "
+                "processes on it",
+                "start them on the machine itself and remove `run:` here",
+                True,
+            )
+        )
     return found
 
 

@@ -90,11 +90,14 @@ def _cut(loc: Path, kind: str) -> Path:
     if loc[:1] == ("hosts",) and len(loc) >= 6 and loc[2] == "firewall" and loc[4] == "rules":
         return loc[:6]  # one rule
     if loc[:1] == ("hosts",) and len(loc) >= 4:
-        if loc[2] == "ssh":
-            return loc[:3]  # the block goes whole: a field cut could leave it incomplete
+        if loc[2] in ("ssh", "command"):
+            return loc[:3]  # goes whole: a field or word cut could leave it incomplete
         if loc[2] == "networks":
             return loc[:5]  # the attachment, or just its bad field
-        return loc[:4]  # one route, service or sysctl
+        if loc[2] == "run" and len(loc) >= 5 and loc[4] in _OPTIONAL_PROGRAM_KEYS:
+            return loc[:6] if loc[4] == "env" else loc[:5]  # one variable, or the key
+
+        return loc[:4]  # one route, service, sysctl or program
     return loc[:3]
 
 
@@ -160,7 +163,16 @@ def _taint(cut: Path, damage: Damage) -> None:
         damage.uncertain_hosts.add(str(cut[1]))  # maybe a misspelt `networks`, or a bad one
 
 
-_INDEPENDENT = ("routes", "services", "sysctls", "firewall", "nft")  # cut: networks still sure
+_OPTIONAL_PROGRAM_KEYS = ("user", "env", "cwd", "ready")  # a program is whole without them
+_INDEPENDENT = (
+    "routes",
+    "services",
+    "sysctls",
+    "firewall",
+    "nft",
+    "run",
+    "command",
+)  # cut: networks still sure
 
 
 def _problem(error: ErrorDetails, loc: Path, doc: Document, filename: str) -> Problem:
@@ -218,9 +230,12 @@ def _wrong_value(error: ErrorDetails, loc: Path, value: Any) -> tuple[str, str]:
     if kind == "literal_error":
         expected = str(error.get("ctx", {}).get("expected", "")).replace("'", "")
         return f"{got} is not allowed here", f"use {expected}"
-    if kind in ("greater_than_equal", "less_than_equal"):
-        low, high = _bounds(loc)
-        return f"{value} is out of range", f"use a number from {low} to {high}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than"):
+        return f"{value} is out of range", _range(loc)
+    if kind == "float_type":
+        if isinstance(value, str) and _is_number(value.strip()):
+            return f"expected a number, got {got}", f"remove the quotes: {value.strip()}"
+        return f"expected a number, got {got}", "write a number such as 5"
     return error["msg"], ""  # pragma: no cover - every type the raw models produce is above
 
 
@@ -234,8 +249,14 @@ def _not_text(loc: Path, value: Any, got: str, under: Any) -> tuple[str, str]:
         )
     if under == "sysctls":
         return f"expected a number or text, got {got}", "write one value, e.g. 4096"
+    if "listen" in loc[-2:] and isinstance(value, int) and not isinstance(value, bool):
+        return f"{value} has no protocol", f"write tcp/{value} or udp/{value}"
     if isinstance(value, int | float) and not isinstance(value, bool):
         return f"expected text, got {got}", f'write it in quotes: "{value}"'
+    if loc[2:3] in (("run",), ("command",)) and isinstance(value, bool):
+        return f"expected text, got {got}", f'write it in quotes: "{str(value).lower()}"'
+    if loc[2:3] == ("run",) and value is None:
+        return "expected text, got nothing", 'write "" for an empty value, or remove the key'
     if value is None:
         return "expected text, got nothing", "give a value, or remove the key"
     return f"expected text, got {got}", "write a single value"
@@ -252,25 +273,39 @@ def _mapping_example(loc: Path, under: Any) -> str:
     examples = {
         "routes": "e.g. `- {to: default, via: 10.0.1.1}`",
         "services": "e.g. `- {proto: tcp, port: 22}`",
+        "run": 'e.g. `- {name: web, command: "httpd -f -p 80"}`',
     }
     if under in examples:
         return examples[under]
     if loc[:1] == ("expect",) and len(loc) == 2:
         return "e.g. `- {from: h1, to: h2, proto: tcp, port: 443, state: open}`"
+    if loc[2:3] == ("run",) and loc[-1] == "ready":
+        return "e.g. `ready: {listen: tcp/8080}`"
     if len(loc) == 6 and loc[4] == "rules":
         return "e.g. `- {allow: tcp, port: 443}`"
     return "write `key: value` pairs (or {} for none)"
 
 
-def _bounds(loc: Path) -> tuple[Any, Any]:
+def _range(loc: Path) -> str:
+    """How to write a number inside the bounds of the field at `loc`."""
     model = model_at(loc[:-1])
-    low: Any = "?"
-    high: Any = "?"
+    bounds: dict[str, Any] = {"ge": "?", "le": "?"}
     info = _fields(model).get(str(loc[-1])) if model else None
     for rule in info.metadata if info else []:
-        low = getattr(rule, "ge", low)
-        high = getattr(rule, "le", high)
-    return low, high
+        for name in ("ge", "gt", "le"):
+            if getattr(rule, name, None) is not None:
+                bounds[name] = f"{getattr(rule, name):g}"
+    if "gt" in bounds:
+        return f"use a number above {bounds['gt']} and at most {bounds['le']}"
+    return f"use a number from {bounds['ge']} to {bounds['le']}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def model_at(path: Path) -> type[BaseModel] | None:

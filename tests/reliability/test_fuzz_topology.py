@@ -380,6 +380,7 @@ def check_topology(topology: Topology, source: str) -> None:
             assert route.via not in own, route
             assert route.via != on[0].network_address, route
             assert on[0].version == 6 or route.via != on[0].broadcast_address, route
+        _check_programs(host)
         binds: set[tuple[str, int, str]] = set()
         for service in host.services:
             assert service.proto in ("tcp", "udp")
@@ -405,6 +406,39 @@ def check_topology(topology: Topology, source: str) -> None:
         low, high = int(ports[0]), int(ports[1])
         assert 1 <= low <= high <= 65535
         assert int(host.sysctls.get("net.ipv4.ip_unprivileged_port_start", "1024")) <= low
+    for cell in topology.expectations:
+        if cell.owner is not None:
+            target = topology.hosts[cell.target]
+            assert cell.state == "open", cell
+            docker = cell.owner == "main" and target.backend == "docker"
+            assert docker or cell.owner in [p.name for p in target.run], cell
+
+
+def _check_programs(host: Any) -> None:
+    """A host's `run:`, `command:` and the process names its services give."""
+    names = [program.name for program in host.run]
+    assert len(set(names)) == len(names), names
+    assert host.backend != "ssh" or not host.run, host.name
+    assert host.command is None or (host.backend == "docker" and host.command[0]), host.name
+    for program in host.run:
+        assert _NAME.match(program.name), program
+        assert program.name != "main", program
+        assert len(program.name) <= 40, program
+        assert type(program.argv) is tuple, program
+        assert program.argv, program
+        assert program.argv[0], program
+        assert all(type(word) is str and "\0" not in word for word in program.argv), program
+        assert all(type(v) is str for v in program.env.values()), program
+        assert program.cwd is None or program.cwd.startswith("/"), program
+        assert 0 < program.ready_timeout <= 3600, program
+        assert len(set(program.ready)) == len(program.ready), program
+        for ready in program.ready:
+            assert ready.proto in ("tcp", "udp"), program
+            assert 1 <= ready.port <= 65535, program
+    for service in host.services:
+        if service.process is not None:
+            docker = service.process == "main" and host.backend == "docker"
+            assert docker or service.process in names, service
 
 
 def same_outcome(first: Outcome, second: Outcome) -> bool:
@@ -606,6 +640,9 @@ TOKENS = [
     *("net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_tw_reuse", "net.ipv6.icmp.ratelimit"),
     *("name", "networks", "hosts", "subnet", "subnet6", "address", "address6", "ifname"),
     *("routes", "to", "via", "forwarding", "sysctls", "backend", "services", "proto", "port"),
+    *("run", "command", "user", "env", "cwd", "ready", "listen", "timeout", "process", "owner"),
+    *("main", "tcp/8080", "udp/53", "TCP/80", "tcp/0", "8080", "'a b", '"x', "a\\", "a|b"),
+    *("sh -c 'echo hi'", "$HOME", "PORT=80 srv", "/srv", "srv", "nobody", "65534", "a:b"),
 ]
 #: Characters for random text: YAML indicators, whitespace, breaks, odd unicode.
 ALPHABET = st.sampled_from(
@@ -831,8 +868,20 @@ def _host(draw: st.DrawFn, tidy: bool, networks: dict[str, Any]) -> dict[str, An
         host["forwarding"] = draw(st.sampled_from([True, False] if tidy else [True, "yes", 1]))
     if draw(st.integers(0, 3)) == 0:
         host["sysctls"] = _sysctls(draw, tidy)
+    programs: list[str] = []
+    if draw(st.integers(0, 3)) == 0:
+        host["run"] = _programs(draw, tidy)
+        programs = [p["name"] for p in host["run"] if isinstance(p.get("name"), str)]
+    if draw(st.integers(0, 5)) == 0:
+        host["backend"] = "docker"
+        if draw(st.booleans()):
+            host["command"] = draw(st.sampled_from(COMMANDS if tidy else COMMANDS + BAD_COMMANDS))
     if draw(st.integers(0, 3)) == 0:
         host["services"] = _services(draw, tidy, connected[4] + connected[6])
+        names = [*programs, "main"] if tidy else [*programs, "main", "ghost", "Main"]
+        for service in host["services"] if programs or not tidy else []:
+            if draw(st.booleans()):
+                service["process"] = draw(st.sampled_from(names))
     if not tidy and draw(st.integers(0, 5)) == 0:
         host[draw(st.sampled_from(["backend", "fowarding", "route"]))] = draw(TOKEN)
     return host
@@ -846,6 +895,32 @@ def _sysctls(draw: st.DrawFn, tidy: bool) -> dict[str, Any]:
         key: draw(st.sampled_from(SYSCTL_VALUES.get(key, [1]) + ([] if tidy else untidy)))
         for key in chosen
     }
+
+
+COMMANDS: list[Any] = ["srv", "httpd -f -p 80", "sh -c 'echo \"a b\"'", ["a", "-p", 80]]
+BAD_COMMANDS: list[Any] = ["", [], "a 'b", "a \\", "a | b", "X=1 a", [True], 5, ["", "x"]]
+
+
+def _programs(draw: st.DrawFn, tidy: bool) -> list[Any]:
+    names = ["web", "db", "dns", "a-1"] if tidy else ["web", "main", "Web", "", "x" * 41]
+    programs = []
+    for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=tidy)):
+        entry: dict[str, Any] = {"name": name}
+        entry["command"] = draw(st.sampled_from(COMMANDS if tidy else COMMANDS + BAD_COMMANDS))
+        if draw(st.integers(0, 3)) == 0:
+            entry["user"] = draw(st.sampled_from(["nobody", 0] if tidy else ["a:b", -1, "x y"]))
+        if draw(st.integers(0, 3)) == 0:
+            entry["env"] = {"A": "1", "B": 2} if tidy else {"1A": "x", "B": True, "C": None}
+        if draw(st.integers(0, 3)) == 0:
+            entry["cwd"] = "/srv" if tidy else draw(st.sampled_from(["srv", "", 5]))
+        if draw(st.integers(0, 2)) == 0:
+            listen = ["tcp/80", ["udp/53", "tcp/53"]] if tidy else [8080, "TCP/80", [], "tcp/0"]
+            ready: dict[str, Any] = {"listen": draw(st.sampled_from(listen))}
+            if draw(st.booleans()):
+                ready["timeout"] = draw(st.sampled_from([1, 2.5] if tidy else [0, -1, "5", 1e9]))
+            entry["ready"] = ready
+        programs.append(entry)
+    return programs
 
 
 def _services(draw: st.DrawFn, tidy: bool, subnets: list[str]) -> list[Any]:
@@ -956,6 +1031,7 @@ KEYS = st.one_of(
         [
             *("name", "networks", "hosts", "lan", "h1", "subnet", "subnet6", "address"),
             *("routes", "to", "via", "services", "sysctls", "port", "proto", "ifname", "<<"),
+            *("run", "command", "env", "ready", "listen", "process", "owner"),
         ]
     ),
     TEXT,

@@ -136,4 +136,5 @@ def test_the_model_other_parts_build_on_is_exported() -> None:
         "address",
         "line",
         "column",
+        "owner",
     ]

@@ -38,17 +38,19 @@ KNOWN = ANNOTATIONS | {
     "anyOf",
     "enum",
     "minimum",
+    "exclusiveMinimum",
     "maximum",
     "pattern",
     "maxLength",
     "propertyNames",
     "minProperties",
 }
-TYPES = {
+TYPES: dict[str, type | tuple[type, ...]] = {
     "object": dict,
     "array": list,
     "string": str,
     "integer": int,
+    "number": (int, float),
     "boolean": bool,
     "null": type(None),
 }
@@ -76,6 +78,8 @@ def violations(schema: dict[str, Any], value: Any, root: dict[str, Any], at: str
         found.append(f"{at}: {value!r} not in enum")
     if "minimum" in schema and value < schema["minimum"]:
         found.append(f"{at}: below minimum")
+    if "exclusiveMinimum" in schema and not value > schema["exclusiveMinimum"]:
+        found.append(f"{at}: not above the exclusive minimum")
     if "maximum" in schema and value > schema["maximum"]:
         found.append(f"{at}: above maximum")
     if "pattern" in schema and not re.search(schema["pattern"], value):
@@ -163,6 +167,8 @@ def test_schema_is_structurally_sound() -> None:
         "Rule",
         "Expectation",
         "Ssh",
+        "Program",
+        "Ready",
     }
 
 
@@ -220,3 +226,15 @@ def test_the_validator_catches_what_it_claims_to() -> None:
     service = {"proto": "tcp", "port": 0}
     assert violations(schema, {**ok, "hosts": {"h1": {"services": [service]}}}, schema)
     assert violations(schema, {**ok, "hosts": {"h1": {"networks": {"lan": 5}}}}, schema)
+    program: dict[str, Any] = {"name": "web", "command": ["httpd", "-p", 80]}
+    assert violations(schema, {**ok, "hosts": {"h1": {"run": [program]}}}, schema) == []
+    for bad in (
+        {"name": "web"},
+        {"name": "Web", "command": "httpd"},
+        {**program, "command": [True]},
+        {**program, "env": {"1A": "x"}},
+        {**program, "cwd": "srv"},
+        {**program, "ready": {"listen": "tcp/80", "timeout": 0}},
+        {**program, "ready": {"timeout": 5}},
+    ):
+        assert violations(schema, {**ok, "hosts": {"h1": {"run": [bad]}}}, schema), bad
