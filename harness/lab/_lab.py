@@ -673,24 +673,12 @@ class Lab:
             await host.runtime.open_services()
 
     async def _run_programs(self) -> None:
-        # Hosts at once, each host's programs in file order; the first failure stops the
+        # Hosts at once, each host's programs in file order, then the services the
+        # programs and containers' own main processes hold; the first failure stops the
         # rest (what started is stopped by the teardown that follows).
-        tasks = [
-            asyncio.ensure_future(h.runtime.run_programs())
-            for h in self.hosts.values()
-            if h.spec.run
-        ]
-        if not tasks:
-            return
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-            await asyncio.gather(*(h.runtime.await_process_services() for h in self.hosts.values()))
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        hosts = self.hosts.values()
+        await _first_failure(h.runtime.run_programs() for h in hosts if h.spec.run)
+        await _first_failure(h.runtime.await_process_services() for h in hosts)
 
     async def _stop_processes(self) -> None:
         # Before the namespaces go: every group gets SIGTERM and one grace together.
@@ -778,6 +766,22 @@ class Lab:
         if commit:
             self._forkserver.commit()
         self._forkserver.forget()  # without a commit, the server cleans the lab up
+
+
+async def _first_failure(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run them at once until all are done or one fails; then the others are cancelled
+    and its exception raised."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    if not tasks:
+        return
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
 from harness.core.agent import Agent, AgentChannel
-from harness.errors import BackendError, HarnessError, UsageError
+from harness.errors import BackendError, HarnessError, ProcessFailed, UsageError
 from harness.lab import processes
 from harness.lab._pipes import communicate
 from harness.lab.processes import ProcessHandle
 from harness.observe import diag
 from harness.topology import Program, Ready
+from harness.topology.model import MAIN_PROCESS as MAIN
 
 if TYPE_CHECKING:
     from harness.backends._forkserver import ForkServerClient
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from harness.topology import Host
 
 T = TypeVar("T")
+MAIN_READY_TIMEOUT = 10.0  # seconds for a container's main process to listen on a service
 
 
 @dataclass(frozen=True)
@@ -230,8 +232,28 @@ class HostRuntime:
             if service.process is None:
                 continue
             owner = self.processes.get(service.process)
-            if owner is not None:  # "main" (a container's own process) is the backend's
+            if owner is not None:
                 await owner.until_ready(self.listening, [Ready(service.proto, service.port)])
+            elif service.process == MAIN:
+                await self._await_main(Ready(service.proto, service.port))
+
+    async def _await_main(self, ready: Ready, timeout: float = MAIN_READY_TIMEOUT) -> None:
+        """Wait until the host's own main process (a container's) listens on `ready`;
+        ProcessFailed at once if it ends first (the backend says how, with its log)."""
+        pid = int(self.handle.details.get("pid", "0"))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while ready.port not in await self.listening(ready.proto):
+            if not _alive(pid):
+                await self._backend.check_hosts([self.handle])  # raises, with its log
+                raise ProcessFailed("ended before it listened", host=self.name, process=MAIN)
+            if loop.time() >= deadline:
+                raise ProcessFailed(
+                    f"not ready after {timeout:g} s: nothing listens on {ready.proto}/{ready.port}",
+                    host=self.name,
+                    process=MAIN,
+                )
+            await asyncio.sleep(processes.READY_POLL)
 
     async def stop_processes(self, grace: float = processes.STOP_GRACE) -> None:
         await processes.stop_all(list(self.processes.values()), grace)
@@ -263,3 +285,15 @@ class HostRuntime:
             "sock_diag", proto=proto, family=family, states=mask
         )
         return {int(row[2]) for row in reply["sockets"]}
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has ended); False for no pid at all."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")

@@ -23,13 +23,13 @@ from harness.topology._raw import (
     RawProgram,
     RawReady,
 )
-from harness.topology.model import BACKEND_NAMES, DEFAULT_BACKEND, Program, Ready
+from harness.topology.model import BACKEND_NAMES, DEFAULT_BACKEND, MAIN_PROCESS, Program, Ready
 
 if TYPE_CHECKING:
     from harness.topology._checks import Checker, _Host
 
 #: The name of a docker host's own process (the image's entrypoint and cmd).
-MAIN = "main"
+MAIN = MAIN_PROCESS
 MAX_UID = 2**32 - 2  # (uid_t)-1 means "no user" to the kernel
 USER_NAME_MAX = 32  # what useradd accepts
 _ENV_NAME = re.compile(ENV_NAME_PATTERN)

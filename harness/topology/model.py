@@ -23,6 +23,9 @@ from typing import Literal
 #: Backends a host may name in `backend:`; the first is the default.
 BACKEND_NAMES: tuple[str, ...] = ("netns", "docker", "ssh")
 DEFAULT_BACKEND = BACKEND_NAMES[0]
+#: The process name of a docker host's own main process (its image's entrypoint and cmd),
+#: for `process:` and `owner:`; no `run:` program may take it.
+MAIN_PROCESS = "main"
 
 
 @dataclass(frozen=True)

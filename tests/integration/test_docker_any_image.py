@@ -229,3 +229,40 @@ def test_up_of_a_failing_image_exits_3_and_a_good_one_goes_down_cleanly(
     assert engine.containers.list(all=True, filters={"label": f"{LAB_LABEL}={lab}"}) == []
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"nh-{lab}")]
     assert lab_processes(lab) == []
+
+
+MAIN_SERVICE = f"""\
+name: mainservice
+networks:
+  lan: {{subnet: 10.0.1.0/24}}
+hosts:
+  client: {{networks: {{lan: 10.0.1.11}}}}
+  web:
+    networks: {{lan: 10.0.1.12}}
+    backend: docker
+    image: "{IMAGE}"
+    command: [sh, -c, "sleep 0.3; exec httpd -f -p 8080"]
+    services: [{{proto: tcp, port: 8080, process: main}}]
+"""
+
+
+def test_bring_up_waits_for_a_service_of_the_containers_main_process(image: str) -> None:
+    # httpd listens 0.3 s after the container starts: the lab is up only once it does.
+    with Lab.up(parse_topology(MAIN_SERVICE, "main.yaml")) as lab:
+        assert http_get(lab, "web", 8080, "/env.txt").endswith("\r\n\r\nhello-from-env\n")
+
+
+def test_a_main_process_that_ends_before_it_listens_fails_at_once(image: str) -> None:
+    before = snapshot()
+    text = MAIN_SERVICE.replace("exec httpd -f -p 8080", "echo bye >&2; exit 6")
+    lab = Lab(parse_topology(text, "main.yaml"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProcessFailed) as failed:
+            lab.start()
+    finally:
+        lab.down()
+    assert time.monotonic() - started < 5  # not the 10 s listening timeout
+    assert "exited with status 6" in str(failed.value) and "bye" in str(failed.value)
+    assert (failed.value.host, failed.value.process) == ("web", "main")
+    assert before.difference(snapshot()) == []
