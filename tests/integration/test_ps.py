@@ -181,7 +181,7 @@ def test_all_sockets_show_both_ends_of_a_connection_with_their_owners(lab: Lab) 
         deadline = time.monotonic() + 5
         while True:  # the server's agent accepts on its own loop
             theirs = [s for s in sockets.table(server).sockets if s.peer == conn.local]
-            if theirs and theirs[0].owners or time.monotonic() > deadline:
+            if (theirs and theirs[0].owners) or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
         assert [(s.state, s.local) for s in theirs] == [("ESTABLISHED", ("10.0.71.12", 80))]
@@ -230,3 +230,136 @@ def test_ps_command_table_json_and_unknown_names(lab: Lab) -> None:
     missing = netharness("ps", "nolab0")
     assert missing.returncode == 2, missing.stderr
     assert "nolab0" in missing.stderr
+
+
+# A UDP server of the user's: it answers every datagram, so the probe sees it open.
+ECHO = """\
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+OWNED = """\
+name: owned
+networks:
+  lan: {subnet: 10.0.72.0/24}
+hosts:
+  client: {networks: {lan: 10.0.72.11}}
+  server:
+    networks: {lan: 10.0.72.12}
+    run:
+      - {name: web, command: "python3 -m http.server 8080 --bind 10.0.72.12",
+         ready: {listen: tcp/8080}}
+      - name: echo
+        command: [python3, -c, ECHO_SCRIPT]
+        ready: {listen: udp/5353}
+    services: [{proto: tcp, port: 8080, process: web}, {proto: udp, port: 5353, process: echo}]
+expect:
+  - {from: client, to: server, proto: tcp, port: 8080, state: open, owner: web}
+  - {from: client, to: server, proto: udp, port: 5353, state: open, owner: echo}
+""".replace("ECHO_SCRIPT", json.dumps(ECHO))
+
+
+def test_check_passes_when_the_named_processes_own_their_ports_and_names_a_decoy(
+    backend: str,
+) -> None:
+    from harness.checks.probe import check
+
+    with Lab.up(parse_topology(OWNED, "owned.yaml"), backend=backend) as lab:
+        server = lab.hosts["server"]
+        web, echo = server.processes["web"], server.processes["echo"]
+        report = check(lab, lab.topology.expectations, retries=1)
+        assert report.passed, report.to_json()
+        cells = {v.result.proto: v for v in report.verdicts}
+        assert cells["tcp"].owner is not None
+        assert cells["tcp"].owner.pid == web.pid
+        assert {o.pid for o in cells["tcp"].owner.holders} == {web.pid}
+        assert cells["udp"].owner is not None
+        assert {o.pid for o in cells["udp"].owner.holders} == {echo.pid}
+        assert [(s.label, s.owner.pid, s.passed) for s in report.services] == [
+            ("server 8080/tcp", web.pid, True),
+            ("server 5353/udp", echo.pid, True),
+        ]
+        # The agent holds none of them: `process:` services are the user's alone.
+        agent = server.host_agent.pid
+        held = sockets.table(server, listening=True)
+        assert agent not in {o.pid for s in held.sockets for o in s.owners}
+
+        attached = netharness("check", lab.id, "--retries", "1")  # pids from lab.json
+        assert attached.returncode == 0, attached.stdout + attached.stderr
+        assert f"ok server 8080/tcp: held by web (pid {web.pid})" in attached.stdout
+
+        # Another process takes the port first: web, started again, cannot bind it.
+        web.stop()
+        decoy = server.start(
+            "python3 -m http.server 8080 --bind 10.0.72.12", name="decoy", ready="tcp/8080"
+        )
+        again = server.start("python3 -m http.server 8080 --bind 10.0.72.12", name="web")
+        assert again.wait(10) != 0  # EADDRINUSE
+        failed = netharness("check", lab.id, "--retries", "0")
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        text = failed.stdout
+        assert f"10.0.72.12:8080 is held by python3 (pid {decoy.pid}" in text, text
+        assert f"not by web (pid {again.pid})" in text, text
+        assert "✗ open (not by web)" in text, text
+        assert f"see: netharness ps {lab.id} server --all" in text, text
+        as_json = netharness("check", lab.id, "--retries", "0", "--json")
+        assert as_json.returncode == 1, as_json.stdout + as_json.stderr
+        data = json.loads(as_json.stdout)
+        tcp = next(c for c in data["cells"] if c["proto"] == "tcp")
+        assert (tcp["passed"], tcp["owner"]["process"]) == (False, "web")
+        assert [h["pid"] for h in tcp["owner"]["holders"]] == [decoy.pid]
+        udp = next(c for c in data["cells"] if c["proto"] == "udp")
+        assert udp["passed"] is True
+        assert [(s["port"], s["passed"]) for s in data["services"]] == [
+            (8080, False),
+            (5353, True),
+        ]
+
+        # Nothing listening at all is a failure too, and says so.
+        decoy.stop()
+        report = check(lab, lab.topology.expectations[:0], retries=0)
+        (web_service, _) = report.services
+        assert not report.passed
+        assert web_service.owner.problem is not None
+        assert "nothing listens on 8080/tcp in server" in web_service.owner.problem
+
+
+MAIN = """\
+name: mainowned
+networks:
+  lan: {subnet: 10.0.73.0/24}
+hosts:
+  client: {networks: {lan: 10.0.73.11}}
+  web:
+    backend: docker
+    networks: {lan: 10.0.73.12}
+    command: [python3, -m, http.server, "80"]
+    services: [{proto: tcp, port: 80, process: main}]
+expect:
+  - {from: client, to: web, proto: tcp, port: 80, state: open, owner: main}
+"""
+
+
+def test_a_docker_hosts_main_process_owns_what_its_children_hold() -> None:
+    from harness.checks.probe import check
+
+    # The topology names its backends: one run (no docker engine fails it, never skips).
+    with Lab.up(parse_topology(MAIN, "main.yaml")) as lab:
+        web = lab.hosts["web"]
+        main = int(web.handle.details["pid"])
+        deadline = time.monotonic() + 10  # bring-up does not yet wait for `main`'s ports
+        while not sockets.table(web, listening=True).listeners("tcp", 80):
+            assert time.monotonic() < deadline, "the container's server never listened"
+            time.sleep(0.05)
+        (listener,) = sockets.table(web, listening=True).listeners("tcp", 80)
+        (holder,) = listener.owners
+        assert holder.cmdline == ("python3", "-m", "http.server", "80")
+        assert main in (holder.pid, *holder.ancestors)  # root-namespace pids, both
+        report = check(lab, lab.topology.expectations, retries=1)
+        assert report.passed, report.to_json()
+        (verdict,) = report.verdicts
+        assert verdict.owner is not None
+        assert verdict.owner.pid == main
