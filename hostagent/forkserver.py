@@ -30,9 +30,12 @@ Messages, controller -> server:
   {"op": "kill", "pid": p, "signal": s, "group": bool}
       group: to the child's process group (each child leads its own session), which
       still reaches what it started after the child itself has exited
+  {"op": "keep", "drain": bool} + up to MAX_FDS fds: the agents' controller-side pipes,
+      before a detach, in as many messages as they need: to read and drop (their stdout)
+      or only to hold open (their stdin)
   {"op": "detach", "drain": n} + fds [lock, n pipes to drain, pipes to hold...]:
       the lab's liveness lock (the controller's own open file, so the lock is never
-      free in between) and the agents' controller-side pipes
+      free in between), and pipes as with "keep"
   {"op": "commit"}                      the detach is final: the controller's end may close
   {"op": "log", "path": p}              send our own stderr to p (once the lab has a ledger)
   {"op": "exit"}                        orderly: kill children, exit, no clean-up run
@@ -245,7 +248,7 @@ class ForkServer:
         keep = False
         try:
             message = json.loads(data)
-            keep = message.get("op") == "detach"
+            keep = message.get("op") in ("detach", "keep")
             self.handle(message, fds)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.send({"error": f"bad message: {exc}"})
@@ -268,6 +271,8 @@ class ForkServer:
             self.spawn(message, fds)
         elif op == "kill":
             self.kill(int(message["pid"]), int(message["signal"]), bool(message.get("group")))
+        elif op == "keep":
+            self.keep(fds, drain=bool(message.get("drain")))
         elif op == "detach":
             self.detach(fds, int(message.get("drain", 0)))
         elif op == "log":
@@ -357,12 +362,17 @@ class ForkServer:
         # The controller hands the lab over: it exits soon, we keep everything alive.
         if not fds:
             raise ValueError("detach needs the lock fd")
-        self.lock_fd, self.kept = fds[0], fds[1:]
-        for fd in self.kept[:drain]:  # the agents' stdout: read and drop, so none blocks
-            os.set_blocking(fd, False)
-            self.selector.register(fd, selectors.EVENT_READ, "kept")
+        self.lock_fd = fds[0]
+        self.keep(fds[1 : 1 + drain], drain=True)
+        self.keep(fds[1 + drain :], drain=False)
         self.send({"detached": os.getpid()})
         self.detached = True
+
+    def keep(self, fds: list[int], drain: bool) -> None:
+        self.kept += fds
+        for fd in fds if drain else ():  # the agents' stdout: read and drop, none blocks
+            os.set_blocking(fd, False)
+            self.selector.register(fd, selectors.EVENT_READ, "kept")
 
     def drain(self, fd: int) -> None:
         try:

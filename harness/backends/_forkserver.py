@@ -17,6 +17,10 @@ from typing import Any
 from harness.backends.base import FutureProcess
 from harness.errors import BackendError, ProcessFailed
 
+# Descriptors one message to the server may carry: hostagent.forkserver.MAX_FDS (a test
+# holds them equal; importing the server here would cost the controller its ctypes).
+MAX_FDS = 64
+
 
 class ForkedProcess(FutureProcess):
     """A process the fork server started; satisfies `harness.backends.base.Process`."""
@@ -188,7 +192,11 @@ class ForkServerClient:
         `lock_fd` is our own open lock file, so the lab's lock is held throughout; `drain`
         are the agents' stdout pipes (read and dropped), `hold` their stdin pipes.
         """
-        self._send({"op": "detach", "drain": len(drain)}, [lock_fd, *drain, *hold])
+        # A message carries at most MAX_FDS descriptors: the pipes go ahead in batches.
+        for fds, to_drain in ((drain, True), (hold, False)):
+            for start in range(0, len(fds), MAX_FDS):
+                self._send({"op": "keep", "drain": to_drain}, fds[start : start + MAX_FDS])
+        self._send({"op": "detach", "drain": 0}, [lock_fd])
 
     def _on_readable(self) -> None:
         assert self._sock is not None

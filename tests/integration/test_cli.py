@@ -195,3 +195,25 @@ def test_a_lab_whose_owner_is_killed_is_reaped_within_a_second() -> None:
     assert lab_namespaces(lab_id) == []
     assert not (LABS / lab_id).exists()
     assert before.difference(snapshot()) == []
+
+
+def test_a_detached_lab_of_many_hosts_keeps_every_host_agent_and_service(
+    tmp_path: Path,
+) -> None:
+    # A detach hands the server two pipes per agent, more than one message may carry:
+    # every host's agent (holding its services) must still be there once `up` returned.
+    hosts = "".join(
+        f"  h{i:02d}: {{networks: {{lan: 10.0.3.{i}}}, services: [{{proto: tcp, port: 7}}]}}\n"
+        for i in range(1, 61)
+    )
+    topology = tmp_path / "many.yaml"
+    topology.write_text(f"name: many\nnetworks:\n  lan: {{subnet: 10.0.3.0/24}}\nhosts:\n{hosts}")
+    up = netharness("up", str(topology), "--json", "--no-progress", timeout=120)
+    assert up.returncode == 0, up.stderr
+    lab = json.loads(up.stdout)["id"]
+    try:
+        for target in ("h01", "h30", "h60"):
+            probed = netharness("probe", lab, "h02" if target == "h01" else "h01", f"{target}:7")
+            assert ": open (" in probed.stdout, probed.stdout + probed.stderr
+    finally:
+        assert netharness("down", lab).returncode == 0

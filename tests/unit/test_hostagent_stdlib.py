@@ -100,3 +100,10 @@ def test_build_zipapp_to_a_file_name_replaces_it(tmp_path: Path) -> None:
     assert hostagent.build_zipapp(target) == target
     assert zipfile.is_zipfile(target)
     assert [p.name for p in tmp_path.iterdir()] == ["agent.pyz"]  # no temporary left behind
+
+
+def test_the_controller_sends_the_fork_server_no_more_fds_than_it_reads() -> None:
+    from harness.backends import _forkserver
+    from hostagent import forkserver
+
+    assert _forkserver.MAX_FDS == forkserver.MAX_FDS
