@@ -70,6 +70,20 @@ SO_EE_ORIGIN_ICMP6 = 3
 MAX_TARGETS = 1 << 18
 SLICE = 512  # probes started per turn of the loop, at most
 PAYLOAD = b"netharness-probe\n"
+# A real UDP server answers only its own protocol: on its well-known ports a probe says
+# something that server replies to (as nmap's payloads do), anywhere else PAYLOAD, which
+# the agents' echo services return. Any datagram back means open.
+UDP_PAYLOADS = {
+    # DNS: a standard query (id 0x6e68, recursion desired) for the root's NS records
+    53: bytes.fromhex("6e68 0100 0001 0000 0000 0000 00 0002 0001"),
+    # NTP: a version 4 client request, the rest zero
+    123: bytes([0x23]) + bytes(47),
+    # SNMP v1: get-request, community "public", for sysDescr.0
+    161: bytes.fromhex(
+        "3026 020100 0406 7075626c6963 a019 0204 6e680001 020100 020100"
+        " 300b 3009 0605 2b06010201 0500"
+    ),
+}
 RETRY_SHORTAGE = 0.01
 SHORTAGE = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN, errno.EADDRNOTAVAIL}
@@ -331,6 +345,7 @@ class _Probe:
         "done",
         "family",
         "index",
+        "payload",
         "proto",
         "scan",
         "sent_at",
@@ -350,6 +365,7 @@ class _Probe:
         self.deadline = 0.0
         self.attempts = 0
         self.done = False
+        self.payload = PAYLOAD
 
     def start(self, sockaddr: Any) -> None:
         """A UDP probe: send the datagram and wait (TCP starts in `_Scan._start_tcp`)."""
@@ -359,7 +375,8 @@ class _Probe:
         sock.setsockopt(*RECVERR_OPTIONS[self.family])
         self.attempts = 1
         sock.connect(sockaddr)  # no packet: it only fixes the peer and source
-        sock.send(PAYLOAD)
+        self.payload = UDP_PAYLOADS.get(sockaddr[1], PAYLOAD)
+        sock.send(self.payload)
         self._sent()
         self.wait_for(selectors.EVENT_READ)
         if not self.scan.ratelimited:  # a paced probe must not double the ICMP it draws
@@ -371,7 +388,7 @@ class _Probe:
         if self.done or self.sock is None:
             return
         try:
-            self.sock.send(PAYLOAD)
+            self.sock.send(self.payload)
         except BlockingIOError:
             return
         except OSError as exc:  # the first one's ICMP error, not yet read

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -207,3 +208,17 @@ def test_out_of_descriptors_probes_wait_for_room_instead_of_guessing() -> None:
     assert {r["state"] for r in found} <= {"open", "filtered"}
     assert not [r for r in found if "EMFILE" in r["reason"]]
     assert reply["result"]["seconds"] >= 0.4  # at least two rounds of the 0.2 s timeout
+
+
+def test_udp_payloads_are_well_formed_requests_of_their_protocols() -> None:
+    from hostagent.ops_probe import UDP_PAYLOADS
+
+    dns = UDP_PAYLOADS[53]
+    _ident, flags, questions = struct.unpack("!HHH", dns[:6])
+    assert (flags & 0x8000, flags & 0x7800, questions) == (0, 0, 1)  # a standard query
+    assert dns[12:] == b"\x00" + struct.pack("!HH", 2, 1)  # the root, NS, IN
+    ntp = UDP_PAYLOADS[123]
+    assert (len(ntp), ntp[0] & 0x7, ntp[0] >> 3 & 0x7) == (48, 3, 4)  # client mode, v4
+    snmp = UDP_PAYLOADS[161]
+    assert (snmp[0], snmp[1]) == (0x30, len(snmp) - 2)  # one BER sequence, whole
+    assert b"public" in snmp
