@@ -3,6 +3,7 @@
 #   make demo      bring up topologies/lan.yaml on the netns backend, show it at work, tear down
 #   make image     the docker backend's host image (reused while current; needs Docker)
 #   make harness-image  the image compose.yaml runs the harness in
+#   make example-image  the python-less busybox image topologies/own-software.yaml runs
 #   make test      lint, types and the whole test suite (integration tests need root)
 #   make soak      the reliability tests at their full cycle counts (minutes)
 #   make bench     every benchmark in bench/, written to BENCHMARKS.md (under 10 minutes)
@@ -34,7 +35,7 @@ if [ -n "$$missing" ]; then \
 fi
 endef
 
-.PHONY: test-image install bytecode deps bench-deps bench demo image harness-image test soak lint typecheck unit integration clean-venv
+.PHONY: test-image install bytecode deps bench-deps bench demo image harness-image example-image test soak lint typecheck unit integration clean-venv
 
 install: deps $(STAMP) bytecode
 
@@ -70,6 +71,9 @@ image: install
 
 harness-image: install
 	$(BIN)/netharness image build --harness
+
+example-image: install
+	sh examples/busybox-image.sh
 
 # The docker backend's tests need the host image, unless NETHARNESS_BACKENDS leaves docker out.
 test-image: install

@@ -1,0 +1,77 @@
+"""topologies/own-software.yaml, the README's "Testing your own software", as a user runs it:
+a Debian package's server (dnsmasq) in a netns host, a python-less image on a docker host
+(examples/busybox-image.sh, `make example-image`), owners checked, ps and logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.conftest import docker_ready
+from tests.integration.rootns import snapshot
+from tests.support import ROOT, netharness
+
+EXAMPLE = str(ROOT / "topologies" / "own-software.yaml")
+IMAGE = "netharness-example/busybox:1"
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    """The example's image: built here the way `make example-image` does, unless the user
+    has it already (then it is theirs, and stays)."""
+    docker_ready()
+    present = subprocess.run(
+        ["docker", "image", "inspect", IMAGE], check=False, capture_output=True
+    )
+    if present.returncode != 0:
+        built = subprocess.run(
+            ["sh", str(ROOT / "examples" / "busybox-image.sh"), IMAGE],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert built.returncode == 0, built.stderr
+    try:
+        yield IMAGE
+    finally:
+        if present.returncode != 0:
+            subprocess.run(["docker", "image", "rm", "-f", IMAGE], check=False, capture_output=True)
+
+
+def test_check_of_the_example_passes_with_every_owner(image: str) -> None:
+    before = snapshot()
+    result = netharness("check", EXAMPLE, "--json", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    owners = {c["owner"]["process"] for c in report["cells"] if c.get("owner")}
+    assert all(c["owner"]["passed"] for c in report["cells"] if c.get("owner"))
+    assert owners == {"dnsmasq", "main"}, report
+    assert before.difference(snapshot()) == []
+
+
+def test_ps_and_logs_of_the_running_example(image: str) -> None:
+    up = netharness("up", EXAMPLE, "--json", timeout=120)
+    assert up.returncode == 0, up.stderr
+    lab = json.loads(up.stdout)["id"]
+    try:
+        listed = json.loads(netharness("ps", lab, "--json").stdout)["hosts"]
+        # tcp6: an IPv6 or dual-stack socket, as ss says it
+        owned = {
+            (host, s["proto"].rstrip("6"), s["local"]["port"]): {o["comm"] for o in s["owners"]}
+            for host, table in listed.items()
+            for s in table["sockets"]
+        }
+        assert owned[("dns", "udp", 53)] == {"dnsmasq"}
+        assert owned[("dns", "tcp", 53)] == {"dnsmasq"}
+        assert {"httpd", "busybox"} & owned[("web", "tcp", 80)], owned
+        probe = netharness("probe", lab, "client", "dns:53/udp")
+        assert "open" in probe.stdout, probe.stdout + probe.stderr
+        logs = netharness("logs", lab, "dns", "dnsmasq")
+        assert logs.returncode == 0, logs.stderr
+        assert "started, version" in logs.stdout
+        assert "query[NS]" in logs.stdout  # the probe's DNS query, logged by dnsmasq
+    finally:
+        assert netharness("down", lab).returncode == 0
