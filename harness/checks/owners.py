@@ -22,7 +22,7 @@ import concurrent.futures
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, Any
@@ -131,8 +131,32 @@ def _recorded_processes(lab: Lab, host: str) -> dict[str, Any]:
     return dict(info.get("hosts", {}).get(host, {}).get("processes") or {})
 
 
-def judge(process: str, pid: int | None, found: Sequence[OwnedSocket], what: str) -> OwnerCheck:
-    """Whether every socket of `found` is held by `pid` or its descendants."""
+def process_names(lab: Lab, host: str) -> dict[int, str]:
+    """pid -> name of every process of `host` the lab knows by name (for messages)."""
+    target = lab.hosts[host]
+    known = {int(info["pid"]): name for name, info in _recorded_processes(lab, host).items()}
+    known.update({handle.pid: name for name, handle in target.processes.items()})
+    if "pid" in target.handle.details:
+        known[int(target.handle.details["pid"])] = MAIN
+    return known
+
+
+def _held_by(found: OwnedSocket, known: Mapping[int, str]) -> str:
+    """Who holds it, led by the lab's name for them: `other: python3 (pid 12, ...)`."""
+    names = sorted({n for p, n in known.items() for o in found.owners if o.descends_from(p)})
+    text = found.owners_text()
+    return f"{' and '.join(names)}: {text}" if names else text
+
+
+def judge(
+    process: str,
+    pid: int | None,
+    found: Sequence[OwnedSocket],
+    what: str,
+    known: Mapping[int, str] | None = None,
+) -> OwnerCheck:
+    """Whether every socket of `found` is held by `pid` or its descendants; `known`
+    names the host's processes in the message when another one holds it."""
     holders = tuple(o for s in found for o in s.owners)
     if pid is None:
         return OwnerCheck(process, None, holders, f"process {process} is unknown")
@@ -143,7 +167,7 @@ def judge(process: str, pid: int | None, found: Sequence[OwnedSocket], what: str
     if not strangers:
         return OwnerCheck(process, pid, holders, None)
     problem = "; ".join(
-        f"{sockets.endpoint(s.local)} is held by {s.owners_text()}, not by {named}"
+        f"{sockets.endpoint(s.local)} is held by {_held_by(s, known or {})}, not by {named}"
         for s in strangers
     )
     return OwnerCheck(process, pid, holders, problem)
@@ -174,7 +198,7 @@ def check_services(lab: Lab) -> tuple[ServiceVerdict, ...]:
             verb = "listens" if service.proto == "tcp" else "is bound"
             what = f"{verb} on {service.port}/{service.proto} in {host}"
             pid = _pid_or_none(lab, host, service.process)
-            owner = judge(service.process, pid, found, what)
+            owner = judge(service.process, pid, found, what, process_names(lab, host))
             verdicts.append(
                 ServiceVerdict(host, service.proto, service.port, service.address, owner)
             )
@@ -234,7 +258,8 @@ def accepted_by(
     if proto == "udp":
         table = sockets.table(lab.hosts[target], listening=True, port=port, protos=["udp"])
         found = _receivers(table, address, port)
-        return judge(process, pid, found, f"is bound to {port}/udp in {target}")
+        what = f"is bound to {port}/udp in {target}"
+        return judge(process, pid, found, what, process_names(lab, target))
     agent = lab.host_agent(source)
     try:
         conn = agent.request("connect", proto="tcp", address=address, port=port, timeout=wait)
@@ -285,7 +310,7 @@ def _accepted(
             f"nobody accepted the connection from {peer} within {wait:g} s: it waits in "
             f"the queue of the listener held by {holders}",
         )
-    return judge(process, pid, mine, "")
+    return judge(process, pid, mine, "", process_names(lab, target))
 
 
 def _until(

@@ -4,7 +4,8 @@ A YAML file is collected only when it is a netharness topology with an `expect` 
 AND it is named on the command line or matches a glob of the `netharness_files` ini
 option (none by default), so unrelated YAML in a repository is never touched. The file's
 lab comes up once, every expectation is probed (mismatches retried), one item per
-expectation reports its cell, and the lab goes down after the file's last item.
+expectation reports its cell, one item per `process:` service reports who holds its
+listener, and the lab goes down after the file's last item.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from harness.checks.probe import CheckReport, Verdict, check, reproduce_command
 from harness.cli.ssh import pytest_backend_options
 from harness.lab import Lab
-from harness.topology import Expectation, load_topology
+from harness.topology import Expectation, Host, Service, load_topology
 
 #: How many labs this pytest run brought up (the plugin's count, kept here so that both
 #: modules can reach it without importing each other).
@@ -82,6 +83,10 @@ class ExpectFile(pytest.File):
         topology = load_topology(self.path)
         for index, expectation in enumerate(topology.expectations):
             yield ExpectItem.from_parent(self, name=item_name(expectation), index=index)
+        # in the order check() judges them: hosts, then each host's services, as written
+        held = [(h, s) for h in topology.hosts.values() for s in h.services if s.process]
+        for index, (host, service) in enumerate(held):
+            yield ServiceItem.from_parent(self, name=service_name(host, service), index=index)
 
     def setup(self) -> None:
         self._lab = Lab.up(
@@ -99,6 +104,46 @@ class ExpectFile(pytest.File):
         if self._lab is not None:
             self._lab.down()
             self._lab = None
+
+
+def service_name(host: Host, service: Service) -> str:
+    """`web:80/tcp held by nginx`."""
+    where = f"[{service.address}]" if service.address else ""
+    return f"{host.name}{where}:{service.port}/{service.proto} held by {service.process}"
+
+
+class ServiceItem(pytest.Item):
+    """A `process:` service: its listener must be held by that process."""
+
+    def __init__(self, *, index: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index = index
+
+    def runtest(self) -> None:
+        assert isinstance(self.parent, ExpectFile)
+        report = self.parent.report
+        assert report is not None, "the file's lab did not come up"
+        verdict = report.services[self.index]
+        if not verdict.passed:
+            raise ServiceNotHeld(
+                f"{self.path.name}: {verdict.label}: expected held by "
+                f"{verdict.owner.process}\nobserved: {verdict.owner.problem}\n"
+                f"reproduce: `netharness up {self.path}` then netharness ps LAB {verdict.host}"
+            )
+
+    def repr_failure(
+        self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
+    ) -> str | Any:
+        if isinstance(excinfo.value, ServiceNotHeld):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, self.name
+
+
+class ServiceNotHeld(Exception):
+    """A `process:` service's listener is missing or held by another process."""
 
 
 class ExpectationFailed(Exception):

@@ -75,3 +75,44 @@ def test_ps_and_logs_of_the_running_example(image: str) -> None:
         assert "query[NS]" in logs.stdout  # the probe's DNS query, logged by dnsmasq
     finally:
         assert netharness("down", lab).returncode == 0
+
+
+HELD = """\
+name: held
+networks:
+  lan: {subnet: 10.0.8.0/24}
+hosts:
+  c: {networks: {lan: 10.0.8.11}}
+  s:
+    networks: {lan: 10.0.8.12}
+    run:
+      - name: web
+        command: python3 -m http.server 8080 --bind 10.0.8.12
+        ready: {listen: tcp/8080}
+      - name: other
+        command: python3 -m http.server 9090 --bind 10.0.8.12
+        ready: {listen: tcp/9090}
+    services:
+      - {proto: tcp, port: 8080, process: web}
+      - {proto: tcp, port: 9090, process: web}
+expect:
+  - {from: c, to: s, proto: tcp, port: 8080, state: open, owner: web}
+"""
+
+
+def test_pytest_reports_each_process_service_as_an_item(pytester: pytest.Pytester) -> None:
+    before = snapshot()
+    (pytester.path / "held.yaml").write_text(HELD)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "held.yaml", "-v")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*held.yaml::c->s:8080/tcp open PASSED*",
+            "*held.yaml::s:8080/tcp held by web PASSED*",
+            "*held.yaml::s:9090/tcp held by web FAILED*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        ["*s 9090/tcp: expected held by web", "observed: *9090 is held by other: python3 (pid *"]
+    )
+    assert before.difference(snapshot()) == []

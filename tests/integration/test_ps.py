@@ -301,7 +301,7 @@ def test_check_passes_when_the_named_processes_own_their_ports_and_names_a_decoy
         failed = netharness("check", lab.id, "--retries", "0")
         assert failed.returncode == 1, failed.stdout + failed.stderr
         text = failed.stdout
-        assert f"10.0.72.12:8080 is held by python3 (pid {decoy.pid}" in text, text
+        assert f"10.0.72.12:8080 is held by decoy: python3 (pid {decoy.pid}" in text, text
         assert f"not by web (pid {again.pid})" in text, text
         assert "✗ open (not by web)" in text, text
         assert f"see: netharness ps {lab.id} server --all" in text, text
