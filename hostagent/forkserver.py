@@ -68,6 +68,10 @@ from hostagent import reaper
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+# An agent's name in /proc/<pid>/comm (what `ss -p` and `ps` print): it is a fork of this
+# server, so its command line is still ours; hostagent.owners names it by both.
+AGENT_COMM = b"nh-agent"
 MS_REC = 16384
 MS_SLAVE = 1 << 19
 MAX_FDS = 64
@@ -159,6 +163,7 @@ def _child(
         if argv is None:
             from hostagent.agent import serve
 
+            _libc.prctl(PR_SET_NAME, AGENT_COMM)
             os._exit(serve(0, 1))
         stage = "exec"
         os.execvpe(argv[0], argv, environ)

@@ -107,3 +107,9 @@ def test_the_controller_sends_the_fork_server_no_more_fds_than_it_reads() -> Non
     from hostagent import forkserver
 
     assert _forkserver.MAX_FDS == forkserver.MAX_FDS
+
+
+def test_owners_name_agents_as_the_fork_server_names_them() -> None:
+    from hostagent import forkserver, owners
+
+    assert forkserver.AGENT_COMM.decode() == owners.AGENT_COMM
