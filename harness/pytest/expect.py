@@ -112,18 +112,26 @@ def service_name(host: Host, service: Service) -> str:
     return f"{host.name}{where}:{service.port}/{service.proto} held by {service.process}"
 
 
-class ServiceItem(pytest.Item):
-    """A `process:` service: its listener must be held by that process."""
+class _ReportItem(pytest.Item):
+    """One entry of the file's check report, by its index."""
 
     def __init__(self, *, index: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index = index
 
-    def runtest(self) -> None:
+    @property
+    def report(self) -> CheckReport:
         assert isinstance(self.parent, ExpectFile)
         report = self.parent.report
         assert report is not None, "the file's lab did not come up"
-        verdict = report.services[self.index]
+        return report
+
+
+class ServiceItem(_ReportItem):
+    """A `process:` service: its listener must be held by that process."""
+
+    def runtest(self) -> None:
+        verdict = self.report.services[self.index]
         if not verdict.passed:
             raise ServiceNotHeld(
                 f"{self.path.name}: {verdict.label}: expected held by "
@@ -153,18 +161,11 @@ class ExpectationFailed(Exception):
         self.lab_id = lab_id
 
 
-class ExpectItem(pytest.Item):
-    def __init__(self, *, index: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.index = index
-
+class ExpectItem(_ReportItem):
     def runtest(self) -> None:
-        assert isinstance(self.parent, ExpectFile)
-        report = self.parent.report
-        assert report is not None, "the file's lab did not come up"
-        verdict = report.verdicts[self.index]
+        verdict = self.report.verdicts[self.index]
         if not verdict.passed:
-            raise ExpectationFailed(verdict, report.lab)
+            raise ExpectationFailed(verdict, self.report.lab)
 
     def repr_failure(
         self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None
