@@ -11,7 +11,7 @@ from rich.table import Table
 
 from harness.checks.suites import Check
 
-VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "bold yellow"}
+VERDICT_STYLE = {"pass": "green", "fail": "bold red", "error": "bold yellow", "skip": "dim"}
 
 
 def checks_table(checks: Sequence[Check], title: str = "") -> Table:
@@ -19,7 +19,7 @@ def checks_table(checks: Sequence[Check], title: str = "") -> Table:
     for check in checks:
         style = VERDICT_STYLE[check.verdict]
         observed = (
-            check.observed if check.passed else f"{check.observed}\nexpected: {check.expected}"
+            f"{check.observed}\nexpected: {check.expected}" if check.failed else check.observed
         )
         table.add_row(
             check.suite, check.name, f"[{style}]{check.verdict}[/{style}]", escape(observed)
@@ -28,10 +28,11 @@ def checks_table(checks: Sequence[Check], title: str = "") -> Table:
 
 
 def summary(checks: Sequence[Check]) -> str:
-    counts = {v: sum(c.verdict == v for c in checks) for v in ("pass", "fail", "error")}
+    counts = {v: sum(c.verdict == v for c in checks) for v in VERDICT_STYLE}
+    skipped = f", {counts['skip']} skipped (not applicable)" if counts["skip"] else ""
     return (
         f"{len(checks)} checks: {counts['pass']} passed, {counts['fail']} failed, "
-        f"{counts['error']} errors"
+        f"{counts['error']} errors{skipped}"
     )
 
 
@@ -43,7 +44,7 @@ def print_checks(console: Console, checks: Sequence[Check], title: str = "") -> 
 def checks_json(lab_id: str, checks: Sequence[Check]) -> dict[str, Any]:
     return {
         "lab": lab_id,
-        "passed": all(c.passed for c in checks),
+        "passed": bool(checks) and not any(c.failed for c in checks),
         "summary": summary(checks),
         "checks": [c.to_json() for c in checks],
     }

@@ -3,7 +3,10 @@
 A suite is a module with `NAME`, `CHECKS` (the names of the checks it always reports, in
 order: pytest collects them before anything runs) and `run(lab, **options) -> list[Check]`
 that returns exactly one record per name in CHECKS. A check that could not be carried out
-is reported with verdict "error" and the reason, never left out.
+is reported with verdict "error" and the reason, never left out. A check whose claim does
+not apply to what was asked (a UDP check of a suite pointed at a TCP server of the
+user's) is reported with verdict "skip" and why: neither passed nor failed, it makes no
+run fail (as pytest's skips), and the report counts it apart.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     from harness.core.agent import Agent
     from harness.lab import Lab, LabHost
 
-Verdict = Literal["pass", "fail", "error"]
+Verdict = Literal["pass", "fail", "error", "skip"]
 Endpoint = tuple[str, int]
 T = TypeVar("T")
 R = TypeVar("R")
@@ -44,6 +47,11 @@ class Check:
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
+
+    @property
+    def failed(self) -> bool:
+        """Failed or could not be carried out: what makes a run fail (a skip does not)."""
+        return self.verdict in ("fail", "error")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +125,11 @@ class Observation:
         self.verdict = "pass" if ok else "fail"
         self.observed = observed
         self.evidence = dict(evidence or {})
+
+    def skip(self, observed: str) -> None:
+        """The claim does not apply here: `observed` says why, e.g. "not measured: ..."."""
+        self.verdict = "skip"
+        self.observed = observed
 
     def error(self, observed: str, detail: str = "") -> None:
         self.verdict = "error"
