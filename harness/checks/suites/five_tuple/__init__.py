@@ -26,6 +26,22 @@ when some host's `nft` script has a nat statement, as topologies/nat.yaml has). 
 expectation decides `tcp-client-view-is-server-view` and `udp-flows-agree`: identical
 tuples without NAT, a one-to-one mapping with it.
 
+Against your own server. `service="web:8080/tcp"` (`--set five_tuple.service=...`) makes
+the process listening there the server: no server agent is started (nothing listening
+there is a UsageError naming what does listen on the host). Your server reports nothing,
+so its account of each connection is the host's socket table, read while the clients hold
+the connections open: the port's ESTABLISHED sockets held by the listener's processes
+(the holders of the listener that descend from no other holder; with `process: NAME` in
+the topology, that process) or the workers they forked. `tcp-server-view-is-kernel-view`
+sets that account (the agent's sock_diag and /proc) against a second sock_diag read with
+its own /proc scan; the client-server and translation checks pair tuples without an echo,
+so a client tuple the server holds no socket for is reported as not accepted (a server
+with a short backlog drops the handshakes of a burst: python's http.server listens with
+5), not as translated. The duplicate-tuple check's second destination is a listener of a
+client process. UDP: `udp-flows-agree` is reported "skip" (not measured: the service is
+TCP), and a UDP service is refused: a real UDP server keeps one unconnected socket, no
+per-flow state, and echoes nothing, so it has no account of a flow to compare.
+
 The suite leaves nothing behind: its client connections are reset (no TIME_WAIT holds
 their ports afterwards) and every process it started is ended.
 """
@@ -78,11 +94,13 @@ def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     window: int = 64,
     timeout: float = 10.0,
     expect_translation: bool | str | None = None,
+    service: str | None = None,
 ) -> list[Check]:
     """Run the suite on `lab` (see the module's docstring). `client` names one client host
     (as `clients=[client]`); `server_processes` (default: two, more if N connections do
     not fit under one process's open-files limit) listen on the one address and port
-    together; `window` is the connects each client process keeps in flight."""
+    together; `window` is the connects each client process keeps in flight; `service`
+    ("web:8080/tcp") makes the user's process listening there the server instead."""
     return gathered(
         lambda: gather(
             lab,
@@ -101,6 +119,7 @@ def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
             window=_integer("window", window, 1),
             timeout=_number("timeout", timeout),
             expect_translation=_flag("expect_translation", expect_translation),
+            service=service,
         ),
         evaluate,
         not_run,

@@ -199,6 +199,11 @@ class Evidence:
     duplicate: DuplicateEvidence | None = None
     errors: Mapping[str, str] = field(default_factory=dict)  # phase → why it failed
     seconds: float = 0.0
+    # A server of the user's (service=): its label, who holds it, and the phases that do
+    # not apply to it (phase → why), reported as "skip".
+    service: str | None = None
+    service_owner: str = ""
+    not_measured: Mapping[str, str] = field(default_factory=dict)
 
 
 # ---- helpers -----------------------------------------------------------------------------

@@ -20,12 +20,14 @@ from harness.checks.suites._base import (
     show,
     target_address,
 )
-from harness.errors import AgentError, HarnessError
+from harness.checks.suites._service import RealService, real_service, wait_accepted
+from harness.errors import AgentError, HarnessError, UsageError
 from harness.observe import diag
 
 if TYPE_CHECKING:
     from harness.core.agent import Agent
     from harness.lab import Lab, LabHost
+    from harness.observe.sockets import OwnedSocket, Owner
 from harness.checks.suites.five_tuple._evidence import (
     SAMPLE,
     UDP_WINDOW,
@@ -60,17 +62,25 @@ def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     window: int = 64,
     timeout: float = 10.0,
     expect_translation: bool | None = None,
+    service: str | None = None,
 ) -> Evidence:
-    """Start the processes, open every connection and flow, and collect every account."""
+    """Start the processes, open every connection and flow, and collect every account.
+    With `service` (HOST:PORT/PROTO) the server is the user's process listening there,
+    and no server agent is started."""
     if family not in (4, 6):
         raise HarnessError(f"five_tuple: family must be 4 or 6, not {family!r}")
     started = time.perf_counter()
-    roles = pick_roles(lab, server, clients)
+    real = _real_service(lab, service, server)
+    roles = pick_roles(lab, real.host if real else server, clients)
     server_host = lab.hosts[roles.server]
-    targets = {c: target_address(lab.hosts[c], server_host, family) for c in roles.clients}
+    fixed = real.listen_address(family) if real else None
+    targets = {c: fixed or target_address(lab.hosts[c], server_host, family) for c in roles.clients}
     processes_per_client, server_processes, notes = _processes(
         connections, len(roles.clients), processes_per_client, server_processes
     )
+    if real is not None:
+        server_processes = 0
+        notes.append(f"the server is {real.label}, held by {real.describe()}")
     expect_translation, source = _expectation(lab, expect_translation)
     unique_targets = set(targets.values())
     listen_address = (
@@ -93,7 +103,7 @@ def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
         port_ranges = {
             a.host: i.ip_local_port_range for a, i in zip(client_agents, infos, strict=True)
         }
-        listeners, port = _listen(servers, listen_address, family)
+        listeners, port = ({}, real.port) if real else _listen(servers, listen_address, family)
         base = Evidence(
             server_host=roles.server,
             client_hosts=roles.clients,
@@ -101,7 +111,7 @@ def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
             port=port,
             listen_address=listen_address,
             family=family,
-            server_pids=tuple(a.pid for a in servers),
+            server_pids=real.pids if real else tuple(a.pid for a in servers),
             client_pids={
                 c: tuple(a.pid for a in client_agents if a.host == c) for c in roles.clients
             },
@@ -109,8 +119,10 @@ def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
             expect_translation=expect_translation,
             expectation_source=source,
             notes=tuple(notes),
+            service=real.label if real else None,
+            service_owner=real.describe() if real else "",
         )
-        ctx = _Context(lab, base, servers, client_agents, listeners, window, timeout)
+        ctx = _Context(lab, base, servers, client_agents, listeners, window, timeout, real)
         evidence, errors = _phases(ctx, connections, echo_sample, udp_flows)
         _reset(ctx)
     finally:
@@ -120,15 +132,39 @@ def gather(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     )
 
 
+def _real_service(lab: Lab, service: str | None, server: str | None) -> RealService | None:
+    """The user's server that `service` names; it must be TCP (see the package's docs)."""
+    if service is None:
+        return None
+    real = real_service(lab, service, suite="five_tuple", server=server)
+    if real.proto != "tcp":
+        raise UsageError(
+            f"five_tuple: service={service!r} is UDP: the suite measures a real server's "
+            "TCP connections; a real UDP server keeps no per-flow state (one unconnected "
+            "socket) and does not echo, so it has no account of a flow to compare. Name a "
+            "TCP service, or leave service= out for netharness's own echo server."
+        )
+    return real
+
+
+NOT_UDP = (
+    "not measured: the server is {label}, a TCP service of the user's; a UDP flow needs a "
+    "UDP server, and a real one keeps no per-flow state and echoes nothing to compare "
+    "(leave service= out for netharness's echo server)"
+)
+
+
 def _phases(
     ctx: _Context, connections: int, echo_sample: int, udp_flows: int
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """TCP, UDP and the duplicate, in turn: each phase's evidence, or why it has none."""
     evidence: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    if ctx.service is not None:
+        evidence["not_measured"] = {"udp": NOT_UDP.format(label=ctx.service.label)}
     for phase, collect in (
         ("tcp", lambda: _tcp(ctx, connections, echo_sample)),
-        ("udp", lambda: _udp(ctx, udp_flows)),
+        ("udp", lambda: None if ctx.service else _udp(ctx, udp_flows)),
         ("duplicate", lambda: _duplicate(ctx)),
     ):
         try:
@@ -178,6 +214,7 @@ class _Context:
     listeners: dict[int, int]  # server pid → listener sock id
     window: int
     timeout: float
+    service: RealService | None = None  # the user's server (service=), or agents
     opened: dict[int, list[int]] = field(default_factory=dict)  # client pid → socks to reset
 
     def host(self, name: str) -> LabHost:
@@ -225,16 +262,25 @@ def _tcp(ctx: _Context, connections: int, echo_sample: int) -> TcpEvidence:
     replies = parallel(connect, list(zip(ctx.clients, shares, strict=True)))
     seconds = time.perf_counter() - started
     conns, failures, samples = _collect(ctx, "tcp", replies)
-    _await_accepted(ctx, len(conns))
-    accepted = _accepted(ctx)
+    if ctx.service is None:
+        _await_accepted(ctx, len(conns))
+        accepted = _accepted(ctx)
+        pids = None
+    else:  # the user's server says nothing: its accepted sockets, read while held open
+        accepted, pids = _accepted_by_service(ctx, ctx.service, len(conns))
     clients_kernel = {
         c: _kernel(ctx, c, "tcp", {"ESTABLISHED"}, peer=(base.targets[c], base.port))
         for c in base.client_hosts
     }
     server_kernel = _kernel(
-        ctx, base.server_host, "tcp", {"ESTABLISHED"}, local=(base.listen_address, base.port)
+        ctx,
+        base.server_host,
+        "tcp",
+        {"ESTABLISHED"},
+        local=(base.listen_address, base.port),
+        pids=pids,
     )
-    echoes = _echo_sample(ctx, conns, echo_sample)
+    echoes = () if ctx.service else _echo_sample(ctx, conns, echo_sample)
     return TcpEvidence(
         requested=connections,
         conns=tuple(conns),
@@ -250,7 +296,9 @@ def _tcp(ctx: _Context, connections: int, echo_sample: int) -> TcpEvidence:
 
 def _preflight(ctx: _Context) -> None:
     """One connection and echo per client host first: an unreachable server is reported
-    at once, with its errno, instead of after thousands of timeouts."""
+    at once, with its errno, instead of after thousands of timeouts. (A server of the
+    user's echoes nothing: connecting is the test; its reset socket is no longer
+    ESTABLISHED, so no account counts it.)"""
     base = ctx.base
     firsts = {a.host: a for a in reversed(ctx.clients)}
     by_pid = {a.pid: a for a in ctx.servers}
@@ -259,6 +307,9 @@ def _preflight(ctx: _Context) -> None:
         target = base.targets[agent.host]
         try:
             sock = agent.connect("tcp", target, base.port, timeout=ctx.timeout)
+            if ctx.service is not None:
+                sock.close(linger0=True)
+                return
             echo = sock.request("preflight", timeout=ctx.timeout)
         except AgentError as exc:
             raise HarnessError(
@@ -323,6 +374,29 @@ def _accepted(ctx: _Context) -> tuple[Served, ...]:
     return tuple(row for batch in parallel(rows, ctx.servers) for row in batch)
 
 
+def _accepted_by_service(
+    ctx: _Context, service: RealService, expected: int
+) -> tuple[tuple[Served, ...], list[int]]:
+    """The server's account, for a server of the user's: its port's established sockets
+    from the host's socket table (sock_diag, holders from /proc), those held by the
+    service's processes or their descendants, each with the holder's pid; and every pid
+    that holds one, for the kernel's view to look at."""
+    # Patient: a server of the user's may accept slowly (python's http.server listens
+    # with a backlog of 5), and what it leaves waiting comes in as the kernel retries.
+    limit = 3 * ctx.timeout + expected / 100
+    mine, others = wait_accepted(ctx.lab, service, expected, ctx.timeout, limit)
+    served = tuple(Served(_holder(s, service).pid, s.inode, "tcp", s.local, s.peer) for s in mine)
+    pids = {o.pid for s in [*mine, *others] for o in s.owners} | set(service.pids)
+    return served, sorted(pids)
+
+
+def _holder(s: OwnedSocket, service: RealService) -> Owner:
+    """The holder of `s` that belongs to the service (a worker rather than the master
+    that forked it, when both hold it: the deepest one)."""
+    mine = [o for o in s.owners if any(o.descends_from(p) for p in service.pids)]
+    return max(mine, key=lambda o: len(o.ancestors))
+
+
 def _kernel(
     ctx: _Context,
     host: str,
@@ -331,16 +405,19 @@ def _kernel(
     *,
     peer: Endpoint | None = None,
     local: Endpoint | None = None,
+    pids: Sequence[int] | None = None,
 ) -> KernelView:
     """The kernel's sockets in `host` matching `peer`/`local` (a wildcard local address
-    matches by port), with the pid of the process holding each, as far as /proc tells."""
+    matches by port), with the pid of the process holding each, as far as /proc tells:
+    of the suite's agents there, or of `pids`."""
     listed = diag.sockets(ctx.host(host), proto, ctx.base.family, states=states)
     if peer is not None:
         listed = [s for s in listed if s.peer == peer]
     if local is not None:
         wildcard = local[0] in ("0.0.0.0", "::")
         listed = [s for s in listed if s.local[1] == local[1] and (wildcard or s.local == local)]
-    pids = [a.pid for a in ctx.servers + ctx.clients if a.host == host]
+    if pids is None:
+        pids = [a.pid for a in ctx.servers + ctx.clients if a.host == host]
     return KernelView(host, tuple(listed), _owners(ctx.host(host), pids))
 
 
@@ -460,14 +537,16 @@ def _duplicate(ctx: _Context) -> DuplicateEvidence:
     agent = ctx.clients[0]
     host = agent.host
     target = base.targets[host]
-    other = ctx.servers[0].listen("tcp", 0, base.listen_address, echo=True)
     # The client's own address towards the server: on a network they share, if any.
     own = target_address(ctx.host(base.server_host), ctx.host(host), base.family)
+    other_target, other_port = _second_destination(ctx, own)
     opened = ctx.opened.setdefault(agent.pid, [])
     first = agent.connect("tcp", target, base.port, source=own, reuseaddr=True)
     opened.append(first.id)
     source, sport = first.local
-    second = agent.connect("tcp", target, other.port, source=source, sport=sport, reuseaddr=True)
+    second = agent.connect(
+        "tcp", other_target, other_port, source=source, sport=sport, reuseaddr=True
+    )
     opened.append(second.id)
     errno_name: str | None = None
     message = "the kernel accepted a duplicate five-tuple"
@@ -488,6 +567,23 @@ def _duplicate(ctx: _Context) -> DuplicateEvidence:
     if third_conn is not None:
         message = f"the third socket connected: {_show(third_conn.five_tuple)}"
     return DuplicateEvidence(host, agent.pid, conns[0], conns[1], errno_name, message, kernel)
+
+
+def _second_destination(ctx: _Context, own: str) -> Endpoint:
+    """Another destination that accepts: a second port of the server's agents, or, with a
+    server of the user's (no agent of ours there), a listener of the last client process
+    on its own address (the kernel's rule is the client's: any second destination does)."""
+    base = ctx.base
+    if ctx.service is None:
+        other = ctx.servers[0].listen("tcp", 0, base.listen_address, echo=True)
+        return base.targets[ctx.clients[0].host], other.port
+    listener = ctx.clients[-1]
+    if listener.host == ctx.clients[0].host:
+        address = own
+    else:
+        address = target_address(ctx.host(ctx.clients[0].host), ctx.host(listener.host))
+    other = listener.listen("tcp", 0, address, echo=True)
+    return address, other.port
 
 
 def _reset(ctx: _Context) -> None:

@@ -59,9 +59,13 @@ def evaluate(evidence: Evidence) -> list[Check]:
     }
     for name in CHECKS:
         with rec.check(name, expected=EXPECTED[name]) as check:
-            missing = [p for p in needs.get(name, ("tcp",)) if p in evidence.errors]
+            phases = needs.get(name, ("tcp",))
+            missing = [p for p in phases if p in evidence.errors]
             if missing:
                 check.error("; ".join(f"{p}: {evidence.errors[p]}" for p in missing))
+                continue
+            if all(p in evidence.not_measured for p in phases):
+                check.skip("; ".join(evidence.not_measured[p] for p in phases))
                 continue
             judges[name](evidence, check)
     return rec.results()
@@ -81,11 +85,16 @@ def _judge_concurrent(evidence: Evidence, check: Observation) -> None:
     accepted_per_pid = Counter(s.pid for s in tcp.accepted)
     where = show((evidence.listen_address, evidence.port))
     processes = sum(len(p) for p in evidence.client_pids.values())
+    by = (
+        f"the server's process ({evidence.service_owner}), as sock_diag shows them held"
+        if evidence.service
+        else f"{len(evidence.server_pids)} server processes"
+    )
     observed = (
         f"{ok} of {tcp.requested} established at once from {len(evidence.client_hosts)} hosts "
         f"({processes} processes) to {where} in {tcp.seconds:.2f} s "
         f"({ok / tcp.seconds if tcp.seconds else 0:.0f}/s); {len(tcp.accepted)} accepted by "
-        f"{len(evidence.server_pids)} server processes"
+        f"{by}"
     )
     if tcp.failures:
         observed += "; failed: " + ", ".join(f"{n} x{k}" for n, k in sorted(tcp.failures.items()))
@@ -101,7 +110,11 @@ def _judge_concurrent(evidence: Evidence, check: Observation) -> None:
             "accepted": len(tcp.accepted),
             "seconds": round(tcp.seconds, 4),
             "per_second": round(ok / tcp.seconds) if tcp.seconds else None,
-            "server": {"address": where, "pids": list(evidence.server_pids)},
+            "server": {
+                "address": where,
+                "pids": list(evidence.server_pids),
+                **({"service": evidence.service} if evidence.service else {}),
+            },
             "server_accepted_per_pid": {str(p): n for p, n in sorted(accepted_per_pid.items())},
             "clients": {
                 h: {
@@ -201,11 +214,19 @@ def _judge_server_kernel(evidence: Evidence, check: Observation) -> None:
         if view.owners is not None
         else "(which process holds each is not visible from here)"
     )
+    # A server of the user's reports nothing: its account is the host's socket table
+    # (the agent's sock_diag and /proc), set against a second, separate sock_diag read.
+    account = (
+        f"{len(tcp.accepted)} sockets the socket table shows held by {evidence.service}'s "
+        "processes (the server reports nothing itself)"
+        if evidence.service
+        else f"{len(tcp.accepted)} accepted connections"
+    )
     check.observe(
         ok=problems == 0 and len(reported) == len(tcp.accepted),
         observed=(
-            f"{len(reported) - len(missing)} of {len(tcp.accepted)} accepted connections "
-            f"ESTABLISHED in the kernel of {evidence.server_host}, {ownership}; "
+            f"{len(reported) - len(missing)} of {account} ESTABLISHED in the kernel of "
+            f"{evidence.server_host}, {ownership}; "
             f"{len(extra)} there that no server process holds; {problems} discrepancies"
         ),
         evidence={
@@ -232,9 +253,22 @@ class _Mapping:
     per_host: Mapping[str, tuple[int, int]]  # host → (identical, translated)
     destination_rewritten: int  # echoes whose server-side destination is not the client's
     samples: tuple[str, ...]  # "client tuple -> server tuple" for translated echoes
+    unaccepted: int = 0  # client tuples a server of the user's holds no socket for
 
 
-def _map(conns: Sequence[Conn], served: Sequence[Served], echoes: Sequence[Echo]) -> _Mapping:
+def _mapping(evidence: Evidence, tcp: TcpEvidence) -> _Mapping:
+    """The TCP mapping. Without an echo (a server of the user's) and without a NAT, a
+    client tuple the server holds no socket for was not accepted: not translated."""
+    unpaired_is_unaccepted = evidence.service is not None and not evidence.expect_translation
+    return _map(tcp.conns, tcp.accepted, tcp.echoes, unpaired_is_unaccepted)
+
+
+def _map(
+    conns: Sequence[Conn],
+    served: Sequence[Served],
+    echoes: Sequence[Echo],
+    unpaired_is_unaccepted: bool = False,
+) -> _Mapping:
     server_side = Counter(s.mirrored for s in served)
     # An echo pairs a flow with the server's account of that very flow: where there is
     # one, it decides. The server holding the client's tuple does not: behind a NAT a
@@ -246,20 +280,23 @@ def _map(conns: Sequence[Conn], served: Sequence[Served], echoes: Sequence[Echo]
         for e in echoes
     }
     per_host: dict[str, list[int]] = {}
-    identical = 0
+    identical = unaccepted = 0
     for conn in conns:
         counts = per_host.setdefault(conn.host, [0, 0])
         moved = moved_by_echo.get((conn.host, conn.pid, conn.sock))
         if moved is None:
             moved = not server_side.get(conn.five_tuple)
+            if moved and unpaired_is_unaccepted:
+                unaccepted += 1
+                continue
         if moved:
             counts[1] += 1
         else:
             identical += 1
             counts[0] += 1
-    translated = len(conns) - identical
+    translated = len(conns) - identical - unaccepted
     # One server-side tuple per client tuple: what is left on each side pairs up exactly.
-    unexplained = abs((sum(server_side.values()) - identical) - translated)
+    unexplained = abs((sum(server_side.values()) - identical) - translated) + unaccepted
     unexplained += sum(n - 1 for n in server_side.values() if n > 1)
     rewritten = sum(1 for e in echoes if e.served.local != e.conn.peer)
     translated_echoes = [
@@ -275,6 +312,7 @@ def _map(conns: Sequence[Conn], served: Sequence[Served], echoes: Sequence[Echo]
         {h: (c[0], c[1]) for h, c in per_host.items()},
         rewritten,
         samples,
+        unaccepted,
     )
 
 
@@ -309,7 +347,7 @@ def _echo_disagreements(echoes: Sequence[Echo], translated_ok: bool) -> list[str
 
 def _judge_client_server(evidence: Evidence, check: Observation) -> None:
     tcp = _tcp_of(evidence)
-    mapping = _map(tcp.conns, tcp.accepted, tcp.echoes)
+    mapping = _mapping(evidence, tcp)
     nat = evidence.expect_translation
     echo_bad = _echo_disagreements(tcp.echoes, nat)
     accepted_socks = {(s.pid, s.sock) for s in tcp.accepted}
@@ -321,7 +359,12 @@ def _judge_client_server(evidence: Evidence, check: Observation) -> None:
         and (nat or mapping.translated == 0)
         and len(tcp.accepted) == len(tcp.conns)
     )
-    if mapping.translated == 0:
+    if mapping.unaccepted:
+        observed = (
+            f"{mapping.identical} of {len(tcp.conns)} connections the same five-tuple at both "
+            f"ends; {mapping.unaccepted} have no socket of the server's (not accepted)"
+        )
+    elif mapping.translated == 0:
         observed = f"all {len(tcp.conns)} connections: the same five-tuple at both ends"
     elif nat:
         observed = (
@@ -333,10 +376,16 @@ def _judge_client_server(evidence: Evidence, check: Observation) -> None:
             f"{mapping.translated} of {len(tcp.conns)} connections reach the server as another "
             f"five-tuple, but no NAT is expected ({evidence.expectation_source})"
         )
-    observed += (
-        f"; {len(tcp.echoes) - len(echo_bad)} of {len(tcp.echoes)} sampled echoes "
-        "confirm it connection by connection"
-    )
+    if evidence.service:
+        observed += (
+            " (compared with the server's accepted sockets in sock_diag: a server of the "
+            "user's echoes nothing)"
+        )
+    else:
+        observed += (
+            f"; {len(tcp.echoes) - len(echo_bad)} of {len(tcp.echoes)} sampled echoes "
+            "confirm it connection by connection"
+        )
     check.observe(
         ok=ok,
         observed=observed,
@@ -544,10 +593,11 @@ def _judge_udp(evidence: Evidence, check: Observation) -> None:
 def _judge_translation(evidence: Evidence, check: Observation) -> None:
     tcp = _tcp_of(evidence)
     udp = evidence.udp
-    if udp is None:
+    if udp is None and "udp" not in evidence.not_measured:
         raise HarnessError("no UDP evidence was gathered")
-    tcp_map = _map(tcp.conns, tcp.accepted, tcp.echoes)
-    udp_map = _map([e.conn for e in udp.echoes], [e.served for e in udp.echoes], udp.echoes)
+    tcp_map = _mapping(evidence, tcp)
+    udp_echoes = udp.echoes if udp is not None else ()
+    udp_map = _map([e.conn for e in udp_echoes], [e.served for e in udp_echoes], udp_echoes)
     translated = tcp_map.translated + udp_map.translated
     hosts: dict[str, Any] = {}
     for host in evidence.client_hosts:
@@ -562,14 +612,19 @@ def _judge_translation(evidence: Evidence, check: Observation) -> None:
         }
     samples = list(tcp_map.samples) + list(udp_map.samples)
     # Consistent: every translated flow pairs with exactly one server-side tuple, and at
-    # least one echo shows a translated flow end to end.
-    consistent = (
-        tcp_map.unexplained == 0 and udp_map.unexplained == 0 and (translated == 0 or bool(samples))
-    )
+    # least one echo shows a translated flow end to end (a server of the user's echoes
+    # nothing: there the counts pairing up is all there is to see).
+    shown = translated == 0 or bool(samples) or evidence.service is not None
+    consistent = tcp_map.unexplained == 0 and udp_map.unexplained == 0 and shown
     rewritten = tcp_map.destination_rewritten + udp_map.destination_rewritten
     expected = evidence.expect_translation
     if translated == 0:
         observed = "no translation"
+    elif not samples:
+        observed = (
+            f"translated: {translated} flows reach the server as other tuples (which is "
+            "which needs an echo, and the server is the user's)"
+        )
     else:
         more = f" (+{len(samples) - 2} more)" if len(samples) > 2 else ""
         observed = f"translated: {', '.join(samples[:2])}{more}; " + ", ".join(
@@ -577,7 +632,12 @@ def _judge_translation(evidence: Evidence, check: Observation) -> None:
         )
         if rewritten:
             observed += f"; {rewritten} sampled flows had their destination rewritten too"
-    if not consistent:
+    if tcp_map.unaccepted:
+        observed += (
+            f"; {tcp_map.unaccepted} client tuples have no socket of the server's to compare "
+            "(not accepted)"
+        )
+    elif not consistent:
         observed += (
             f"; inconsistent: {tcp_map.unexplained + udp_map.unexplained} server-side tuples "
             "do not pair one-to-one with client tuples"

@@ -12,6 +12,14 @@ the socket that answered and the flow as the server saw it; the servers' own `ac
 and `datagram` events give the receiving side's account. `gather` collects all of that
 into an `Evidence` record and `evaluate` judges it, so the judgement can be run again on
 evidence altered on purpose (that is how the tests show each check can fail).
+
+Against your own server, `service="web:8080/tcp"` (`--set multiplexing.service=...`):
+client processes connect to the one listener of the user's process and hold their
+connections while the server host's socket table is read; every connection must be
+accepted by that process (or one it forked) and held by no other. No bytes are sent (a
+real server speaks its own protocol): delivery is judged by the server-side sockets and
+their holders, and the verdicts say so; the UDP checks are "skip" for a TCP service, and a
+UDP service is refused. See `multiplexing/_real.py`.
 """
 
 from __future__ import annotations
@@ -143,11 +151,31 @@ def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     messages: int = 2,
     family: int = 4,
     timeout: float = 30.0,
+    service: str | None = None,
 ) -> list[Check]:
     """Run the suite on `lab`: `processes` server processes on `server`, and
     `clients_per_host` client processes on each client host, each opening `connections`
     TCP connections and as many UDP sockets to every server port and sending `messages`
-    tagged messages on each."""
+    tagged messages on each. `service` ("web:8080/tcp") makes the user's process
+    listening there the one server instead (see `_real`)."""
+    if service is not None:
+        from harness.checks.suites.multiplexing import _real
+
+        _check_options(processes, clients_per_host, connections, messages, family, timeout)
+        return gathered(
+            lambda: _real.gather(
+                lab,
+                service,
+                server=server,
+                clients=clients,
+                clients_per_host=clients_per_host,
+                connections=connections,
+                family=family,
+                timeout=timeout,
+            ),
+            lambda evidence: _real.evaluate(evidence, NAME, CHECKS),
+            not_run,
+        )
     return gathered(
         lambda: gather(
             lab,
