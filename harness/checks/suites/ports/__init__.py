@@ -31,6 +31,12 @@ The checks that count TIME_WAIT sockets (`reuseaddr-time-wait` on the server,
 they set a small ip_local_port_range: otherwise a RST (drawn by a FIN sent again because
 its ACK was late, as on a loaded machine) ends a TIME_WAIT early. Existing machines keep
 their settings.
+
+`service-port-in-use` checks the services of the user's processes (`process:` in the
+topology, or `service="web:8080/tcp"`): a second bind of the service's address and port
+gets EADDRINUSE, and a SO_REUSEPORT bind as the socket's own uid gets in exactly when the
+service's socket set SO_REUSEPORT (read from the socket itself; see `ports/_services.py`
+for what is inferred). Without such a service it is reported "skip".
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from harness.checks.suites._base import Check, Recorder, all_errors, pick_roles
+from harness.checks.suites._service import real_service
 from harness.errors import HarnessError, UsageError
 
 if TYPE_CHECKING:
@@ -63,6 +70,7 @@ from harness.checks.suites.ports._context import (
     Bind,
     Judgement,
     _Context,
+    _NotApplicable,
     _Options,
     _selected,
     _small_range,
@@ -70,6 +78,7 @@ from harness.checks.suites.ports._context import (
     _Unavailable,
 )
 from harness.checks.suites.ports._ephemeral import _ephemeral
+from harness.checks.suites.ports._services import _service_binds
 
 
 def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
@@ -84,12 +93,14 @@ def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
     ephemeral_host: str | None = None,
     user: str = "nobody",
     only: Sequence[str] | str | None = None,
+    service: str | None = None,
 ) -> list[Check]:
     """Run the ports checks on `lab`. `server` binds (default: pick_roles); the first of
     `clients` with a full ephemeral range connects; `connections` is M of the SO_REUSEPORT
     check; `user` is the unprivileged user; `only` names the checks to carry out (the
     others are reported as not run; the ephemeral-* checks after the first need it as
-    their set-up, so it runs with them)."""
+    their set-up, so it runs with them); `service` ("web:8080/tcp") names the real
+    service `service-port-in-use` checks (default: the topology's `process:` services)."""
     selected = _selected(only)
     if not isinstance(connections, int) or connections < 2:
         raise UsageError(f"ports: connections must be an integer >= 2, not {connections!r}")
@@ -106,7 +117,13 @@ def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
         ctx = _Context(lab, roles, user)
     except HarnessError as exc:
         return all_errors(NAME, EXPECTED, f"could not run: {exc}")
-    options = _Options(connections, privileged_host, privileged_port, lowered_host)
+    if service is not None:
+        try:  # a service= that names nothing listening is the caller's mistake: exit 2
+            real_service(lab, service, suite="ports")
+        except UsageError:
+            ctx.close()
+            raise
+    options = _Options(connections, privileged_host, privileged_port, lowered_host, service)
     try:
         for name, judge in _JUDGES:
             with rec.check(name, expected=EXPECTED[name]) as check:
@@ -118,6 +135,9 @@ def run(  # noqa: PLR0913 - keyword-only options: the suite's API (--set)
                         ok, observed, evidence = judge(ctx, options)
                 except _Unavailable as exc:
                     check.error(str(exc))
+                    continue
+                except _NotApplicable as exc:
+                    check.skip(str(exc))
                     continue
                 check.observe(ok=ok, observed=observed, evidence=evidence)
         with _small_range(ctx, ephemeral_host) as host, _time_wait_kept(ctx, host):
@@ -141,6 +161,7 @@ _JUDGES: tuple[tuple[str, Callable[[_Context, _Options], Judgement]], ...] = (
     ("privileged-port-eacces", _privileged),
     ("unprivileged-port-start-lowered", _lowered),
     ("port-zero-in-range", _port_zero),
+    ("service-port-in-use", _service_binds),
 )
 
 

@@ -39,6 +39,7 @@ CHECKS: tuple[str, ...] = (
     "privileged-port-eacces",
     "unprivileged-port-start-lowered",
     "port-zero-in-range",
+    "service-port-in-use",
     "ephemeral-exhaustion",
     "ephemeral-other-destination",
     "ephemeral-time-wait",
@@ -97,6 +98,13 @@ EXPECTED: Mapping[str, str] = {
     "port-zero-in-range": (
         "binding port 0 gets a distinct kernel-chosen port inside the host's "
         "ip_local_port_range, for TCP and UDP"
+    ),
+    "service-port-in-use": (
+        "for each service a process of the user's listens on (`process:` in the topology, or "
+        "service=): a second process binding its address and port gets EADDRINUSE, and one "
+        "of the socket's own user binding with SO_REUSEPORT gets in exactly when the "
+        "service's socket set SO_REUSEPORT (read from the socket where its process is on "
+        "this machine)"
     ),
     "ephemeral-exhaustion": (
         "a host with R ephemeral ports opens R connections to one server address and port, "
@@ -161,6 +169,10 @@ class _Unavailable(HarnessError):
     """The lab lacks what a check needs (a host with some sysctl): reported as "error"."""
 
 
+class _NotApplicable(HarnessError):
+    """The check's claim has nothing to apply to in this lab: reported as "skip"."""
+
+
 def _selected(only: Sequence[str] | str | None) -> set[str]:
     if only is None:
         return set(CHECKS)
@@ -177,6 +189,7 @@ class _Options:
     privileged_host: str | None
     privileged_port: int | None
     lowered_host: str | None
+    service: str | None = None
 
 
 # ---- processes, binds and their evidence --------------------------------------------------
