@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from harness._version import __version__
 from harness.cli._bringup import bring_up, lab_options, progress_shown, refuse_bringup_options
 from harness.cli._console import err, out
 from harness.core import ledger as _ledger
@@ -67,6 +68,7 @@ class LazyGroup(click.Group):
         "capture": "harness.cli.capture:capture",
         "check": "harness.cli.probe:check",
         "diagnose": "harness.cli.diagnose:diagnose",
+        "doctor": "harness.cli.doctor:doctor",
         "graph": "harness.cli.graph:graph",
         "image": "harness.cli.image:image",
         "logs": "harness.cli.logs:logs",
@@ -78,6 +80,7 @@ class LazyGroup(click.Group):
     epilog="Exit codes: 0 ok, 1 a check failed, 2 bad input, 3 environment, 130 interrupted.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="netharness", message="%(prog)s %(version)s")
 def app(debug: bool) -> None:
     """Bring up labs of hosts from YAML topologies and test the transport layer across them."""
 
