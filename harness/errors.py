@@ -69,6 +69,10 @@ class EnvironmentProblem(HarnessError):
     exit_code = 3
 
 
+# Ends the message of an EnvironmentProblem that `netharness doctor` checks for.
+SEE_DOCTOR = "`netharness doctor` lists all this machine lacks, with the fixes"
+
+
 class BackendError(HarnessError):
     """Creating, wiring or destroying a host failed; carries the host and the errno."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import TYPE_CHECKING, Literal
 
-from harness.errors import EnvironmentProblem, HarnessError
+from harness.errors import SEE_DOCTOR, EnvironmentProblem, HarnessError
 
 if TYPE_CHECKING:  # light at import: the command line loads this module for every command
     from harness.checks.probe import ProbeResult, Verdict
@@ -230,7 +230,7 @@ def render(dot: str, fmt: Format) -> bytes:
     if program is None:
         raise EnvironmentProblem(
             "drawing a graph needs Graphviz's `dot`; install it with `apt-get install graphviz` "
-            "or ask for --format dot"
+            f"or ask for --format dot; {SEE_DOCTOR}"
         )
     try:
         result = subprocess.run(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness._version import __version__
-from harness.errors import EnvironmentProblem
+from harness.errors import SEE_DOCTOR, EnvironmentProblem
 
 IMAGE_REPOSITORY = "netharness/host"
 DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
@@ -136,7 +136,7 @@ def engine() -> Any:
     except DockerException as exc:
         raise EnvironmentProblem(
             f"cannot reach the Docker engine ({exc}); start it (systemctl start docker) or "
-            "set DOCKER_HOST, or leave the docker backend out"
+            f"set DOCKER_HOST, or leave the docker backend out; {SEE_DOCTOR}"
         ) from None
     return client
 
@@ -171,7 +171,7 @@ def build(
     mmdebstrap = shutil.which("mmdebstrap")
     if mmdebstrap is None:
         raise EnvironmentProblem(
-            "netharness image build needs mmdebstrap: apt-get install mmdebstrap"
+            f"netharness image build needs mmdebstrap: apt-get install mmdebstrap; {SEE_DOCTOR}"
         )
     replaced = None if state == "missing" else client.images.get(image).id
     why = {"missing": "not built yet", "stale": "its recipe changed"}.get(state, "forced")
@@ -262,7 +262,9 @@ def require(client: Any, image: str) -> None:
         client.images.get(image)
     except ImageNotFound:
         if image == DEFAULT_IMAGE:
-            fix = "build it with `netharness image build` (or `netharness up --build`)"
+            fix = (
+                f"build it with `netharness image build` (or `netharness up --build`); {SEE_DOCTOR}"
+            )
         else:
             fix = "build or load it (docker build / docker load); netharness pulls nothing"
         raise EnvironmentProblem(f"image {image} is not on this machine; {fix}") from None

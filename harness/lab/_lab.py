@@ -37,6 +37,7 @@ from harness.core import ledger as _ledger
 from harness.core._loop import LoopThread
 from harness.core.agent import Agent
 from harness.errors import (
+    SEE_DOCTOR,
     AgentError,
     BackendError,
     EnvironmentProblem,
@@ -800,7 +801,10 @@ def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:
 def _check_environment() -> None:
     if os.geteuid() != 0:
         raise EnvironmentProblem(
-            "netharness needs root to create network namespaces; run it with sudo or as root"
+            "netharness needs root to create network namespaces; run it with sudo or as root; "
+            + SEE_DOCTOR
         )
     if not os.path.exists("/proc/self/ns/net"):
-        raise EnvironmentProblem("this kernel has no network namespaces (CONFIG_NET_NS)")
+        raise EnvironmentProblem(
+            f"this kernel has no network namespaces (CONFIG_NET_NS); {SEE_DOCTOR}"
+        )

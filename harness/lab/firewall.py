@@ -21,7 +21,7 @@ from typing import Any
 
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import Process
-from harness.errors import BackendError, EnvironmentProblem
+from harness.errors import SEE_DOCTOR, BackendError, EnvironmentProblem
 from harness.lab._pipes import communicate
 from harness.topology import Chain, Firewall, FirewallRule, Host
 from harness.topology.model import Subnet
@@ -204,7 +204,7 @@ async def apply_all(forkserver: ForkServerClient, targets: Sequence[Target]) -> 
         names = ", ".join(t.host.name for t in wanted)
         raise EnvironmentProblem(
             f"hosts {names} have a firewall or nft rules but nft is not installed here; "
-            "install it with `apt-get install nftables`"
+            f"install it with `apt-get install nftables`; {SEE_DOCTOR}"
         )
     await asyncio.gather(*(_apply_host(forkserver, nft, t) for t in wanted))
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.core import _netns
-from harness.errors import BackendError, EnvironmentProblem
+from harness.errors import SEE_DOCTOR, BackendError, EnvironmentProblem
 
 if TYPE_CHECKING:  # pyroute2 is imported when a fault needs it: it is slow to import
     from pyroute2 import IPRoute
@@ -61,7 +61,8 @@ def nft(path: str, script: str, host: str | None = None) -> None:
     program = shutil.which("nft")
     if program is None:
         raise EnvironmentProblem(
-            "this fault uses nftables but nft is not installed; `apt-get install nftables`"
+            "this fault uses nftables but nft is not installed; `apt-get install nftables`; "
+            + SEE_DOCTOR
         )
     with _entered(path):
         result = subprocess.run(

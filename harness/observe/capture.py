@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.core import _netns, naming
-from harness.errors import BackendError, EnvironmentProblem, UsageError
+from harness.errors import SEE_DOCTOR, BackendError, EnvironmentProblem, UsageError
 from harness.observe.diag import _on_own_thread
 from harness.observe.diagnostics import iproute_in
 from harness.topology import Topology
@@ -236,7 +236,7 @@ def tcpdump() -> str:
     if found is None:
         raise EnvironmentProblem(
             "packet capture needs tcpdump, which is not installed here; install it with "
-            "`apt-get install tcpdump`"
+            f"`apt-get install tcpdump`; {SEE_DOCTOR}"
         )
     return found
 

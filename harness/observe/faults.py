@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from harness.core import _netns, naming
-from harness.errors import BackendError, CleanupError, EnvironmentProblem, HarnessError, UsageError
+from harness.errors import (
+    SEE_DOCTOR,
+    BackendError,
+    CleanupError,
+    EnvironmentProblem,
+    HarnessError,
+    UsageError,
+)
 from harness.observe import _faultops as ops
 
 if TYPE_CHECKING:
@@ -355,7 +362,7 @@ class Link:
             if not self._faults.netem_available(lambda: self._netem(**options)):
                 raise EnvironmentProblem(
                     "delay needs netem, and this kernel has none (CONFIG_NET_SCH_NETEM); "
-                    "loss() and rate() work without it"
+                    f"loss() and rate() work without it; {SEE_DOCTOR}"
                 )
             return self._qdisc_undo(), detail
 
