@@ -43,6 +43,7 @@ __all__ = [
     "table_rows",
     "tables",
     "text",
+    "unmapped",
 ]
 
 MAX_PARALLEL = 64  # hosts asked at once; each request is a thread waiting on the lab's loop
@@ -218,6 +219,13 @@ def _owner(pid: int, fd: int, info: Mapping[str, Any]) -> Owner:
 def _order(s: OwnedSocket) -> tuple[Any, ...]:
     # Listeners first, then by protocol, port and address: the order people scan `ss` in.
     return (not s.listening, s.proto, s.family, s.local[1], s.local[0], s.peer)
+
+
+def unmapped(address: tuple[str, int]) -> tuple[str, int]:
+    """An IPv4-mapped IPv6 endpoint (`::ffff:10.0.1.2`, how a dual-stack `[::]` listener
+    holds an IPv4 peer) as the IPv4 one it stands for; any other endpoint as it is."""
+    host, port = address
+    return (host[7:], port) if host.startswith("::ffff:") and "." in host else (host, port)
 
 
 def endpoint(address: tuple[str, int]) -> str:

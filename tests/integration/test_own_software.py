@@ -116,3 +116,16 @@ def test_pytest_reports_each_process_service_as_an_item(pytester: pytest.Pyteste
         ["*s 9090/tcp: expected held by web", "observed: *9090 is held by other: python3 (pid *"]
     )
     assert before.difference(snapshot()) == []
+
+
+@pytest.mark.parametrize("service", ["web:80/tcp", "dns:53/tcp"])
+def test_five_tuple_against_the_examples_real_servers(image: str, service: str) -> None:
+    # web: busybox httpd on a dual-stack [::]:80 in a container (IPv4 clients arrive as
+    # IPv4-mapped sockets); dns: dnsmasq behind the host's firewall
+    settings = ["--set", f"five_tuple.service={service}", "--set", "five_tuple.connections=20"]
+    result = netharness("suite", "five_tuple", EXAMPLE, *settings, "--json", timeout=180)
+    report = json.loads(result.stdout)
+    verdicts = {c["check"]: c for c in report["checks"]}
+    assert result.returncode == 0, json.dumps(report, indent=1)
+    assert verdicts["translation"]["observed"].startswith("no translation")
+    assert {c["verdict"] for c in report["checks"]} == {"pass", "skip"}

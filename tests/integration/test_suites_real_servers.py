@@ -133,7 +133,7 @@ def test_multiplexing_names_a_stranger_holding_the_port(lab: Lab) -> None:
         ["python3", "-c", REUSEPORT_SERVER], name="stranger", user="nobody", ready="tcp/9090"
     )
     try:
-        checks = by_name(run_suite("multiplexing", lab, service="web:9090/tcp", connections=8))
+        checks = by_name(run_suite("multiplexing", lab, service="web:9090/tcp", connections=32))
     finally:
         stranger.stop()
     owns, delivered = checks["processes-own-ports"], checks["tcp-delivered-to-owner"]

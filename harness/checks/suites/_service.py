@@ -175,10 +175,11 @@ def _listing(table: SocketTable) -> str:
 def wait_accepted(
     lab: Lab, service: RealService, expected: int, stall: float, timeout: float
 ) -> tuple[list[OwnedSocket], list[OwnedSocket]]:
-    """Read the service port's established sockets until the service's processes hold
-    `expected` of them, or no more were accepted for `stall` seconds, or `timeout` passed:
-    (the service's, the others'). A connection has no holder until accept() returns it,
-    and a server with a short backlog takes the last ones only as the kernel retries."""
+    """Read the service port's established sockets until `expected` of them have been
+    accepted (by the service's processes or any other), or no more were accepted for
+    `stall` seconds, or `timeout` passed: (the service's, the others'). A connection has
+    no holder until accept() returns it, and a server with a short backlog takes the last
+    ones only as the kernel retries."""
     host = lab.hosts[service.host]
     started = progress = time.monotonic()
     held = -1
@@ -186,9 +187,10 @@ def wait_accepted(
         table = sockets.table(host, port=service.port, protos=[service.proto])
         established = [s for s in table.sockets if s.state == "ESTABLISHED"]
         mine = [s for s in established if service.owns(s)]
+        accepted = sum(1 for s in established if s.owners)
         now = time.monotonic()
-        if len(mine) > held:
-            held, progress = len(mine), now
+        if accepted > held:
+            held, progress = accepted, now
         if held >= expected or now - progress > stall or now - started > timeout:
             return mine, [s for s in established if not service.owns(s)]
         time.sleep(POLL)

@@ -23,6 +23,7 @@ from harness.checks.suites._base import (
 from harness.checks.suites._service import RealService, real_service, wait_accepted
 from harness.errors import AgentError, HarnessError, UsageError
 from harness.observe import diag
+from harness.observe.sockets import unmapped
 
 if TYPE_CHECKING:
     from harness.core.agent import Agent
@@ -385,7 +386,10 @@ def _accepted_by_service(
     # with a backlog of 5), and what it leaves waiting comes in as the kernel retries.
     limit = 3 * ctx.timeout + expected / 100
     mine, others = wait_accepted(ctx.lab, service, expected, ctx.timeout, limit)
-    served = tuple(Served(_holder(s, service).pid, s.inode, "tcp", s.local, s.peer) for s in mine)
+    served = tuple(
+        Served(_holder(s, service).pid, s.inode, "tcp", unmapped(s.local), unmapped(s.peer))
+        for s in mine
+    )
     pids = {o.pid for s in [*mine, *others] for o in s.owners} | set(service.pids)
     return served, sorted(pids)
 
@@ -411,6 +415,14 @@ def _kernel(
     matches by port), with the pid of the process holding each, as far as /proc tells:
     of the suite's agents there, or of `pids`."""
     listed = diag.sockets(ctx.host(host), proto, ctx.base.family, states=states)
+    if ctx.service is not None and ctx.base.family == 4 and host == ctx.service.host:
+        # A dual-stack listener ([::]) holds its IPv4 clients as IPv4-mapped IPv6 sockets.
+        mapped = diag.sockets(ctx.host(host), proto, 6, states=states)
+        listed += [
+            dataclasses.replace(s, family=4, local=unmapped(s.local), peer=unmapped(s.peer))
+            for s in mapped
+            if unmapped(s.local) != s.local
+        ]
     if peer is not None:
         listed = [s for s in listed if s.peer == peer]
     if local is not None:
@@ -577,13 +589,23 @@ def _second_destination(ctx: _Context, own: str) -> Endpoint:
     if ctx.service is None:
         other = ctx.servers[0].listen("tcp", 0, base.listen_address, echo=True)
         return base.targets[ctx.clients[0].host], other.port
-    listener = ctx.clients[-1]
+    # a host whose own rules let the connection in: none of its rules, ideally its own
+    listener = min(
+        reversed(ctx.clients),
+        key=lambda a: (_filters_input(ctx.host(a.host)), a.host != ctx.clients[0].host),
+    )
     if listener.host == ctx.clients[0].host:
         address = own
     else:
         address = target_address(ctx.host(ctx.clients[0].host), ctx.host(listener.host))
     other = listener.listen("tcp", 0, address, echo=True)
     return address, other.port
+
+
+def _filters_input(host: LabHost) -> bool:
+    """Whether the topology filters what reaches the host (a firewall or an nft script)."""
+    firewall = host.spec.firewall
+    return host.spec.nft is not None or (firewall is not None and firewall.input is not None)
 
 
 def _reset(ctx: _Context) -> None:

@@ -32,6 +32,7 @@ from harness.checks.suites._base import (
 from harness.checks.suites._service import RealService, real_service, wait_accepted
 from harness.errors import HarnessError, UsageError
 from harness.observe import sockets
+from harness.observe.sockets import unmapped
 
 if TYPE_CHECKING:
     from harness.core.agent import Agent
@@ -250,16 +251,11 @@ def _owns_port(evidence: RealEvidence) -> Judgement:
     return not strangers and bool(evidence.listeners), observed, {"listeners": rows}
 
 
-def _plain(address: Endpoint) -> Endpoint:
-    host, port = address
-    return (host[7:], port) if host.startswith("::ffff:") and "." in host else (host, port)
-
-
 def _server_side(evidence: RealEvidence) -> dict[Endpoint, list[OwnedSocket]]:
     """The server host's established sockets on the port, by their peer (a client)."""
     found: dict[Endpoint, list[OwnedSocket]] = defaultdict(list)
     for s in (*evidence.held, *evidence.others):
-        found[_plain(s.peer)].append(s)
+        found[unmapped(s.peer)].append(s)
     return found
 
 
@@ -269,7 +265,7 @@ def _delivered(evidence: RealEvidence) -> Judgement:
     problems: list[str] = []
     owners: Counter[int] = Counter()
     for c in evidence.conns:
-        mine = by_peer.get(_plain(c.local), [])
+        mine = by_peer.get(unmapped(c.local), [])
         if not mine:
             problems.append(f"{c.host} pid {c.pid} {show(c.local)}: not accepted")
         for s in mine:
@@ -280,7 +276,7 @@ def _delivered(evidence: RealEvidence) -> Judgement:
     if evidence.failures:
         problems.append(f"connects failed: {dict(evidence.failures)}")
     processes = len({(c.host, c.pid) for c in evidence.conns})
-    accepted = sum(1 for c in evidence.conns if by_peer.get(_plain(c.local)))
+    accepted = sum(1 for c in evidence.conns if by_peer.get(unmapped(c.local)))
     observed = (
         f"{len(evidence.conns)} connections from {processes} client processes on "
         f"{len(evidence.client_hosts)} hosts: {accepted} accepted, "
@@ -306,17 +302,17 @@ def _socket_per_connection(evidence: RealEvidence) -> Judgement:
     by_peer = _server_side(evidence)
     problems: list[str] = []
     for c in evidence.conns:
-        mine = by_peer.get(_plain(c.local), [])
+        mine = by_peer.get(unmapped(c.local), [])
         if len(mine) != 1:
             problems.append(f"{show(c.local)}: {len(mine)} server sockets, not 1")
             continue
-        if _plain(mine[0].local) != _plain(c.peer):
+        if unmapped(mine[0].local) != unmapped(c.peer):
             problems.append(
                 f"{show(c.local)} -> {show(c.peer)}: the server holds it as "
                 f"{show(mine[0].peer)} -> {show(mine[0].local)}"
             )
     inodes = [s.inode for s in evidence.held]
-    tuples = {(_plain(s.local), _plain(s.peer)) for s in evidence.held}
+    tuples = {(unmapped(s.local), unmapped(s.peer)) for s in evidence.held}
     if len(set(inodes)) != len(inodes) or len(tuples) != len(inodes):
         problems.append(f"{len(inodes)} accepted sockets, {len(tuples)} distinct four-tuples")
     listeners = {s.inode for s in evidence.listeners}
@@ -346,7 +342,7 @@ def _distinct_sport(evidence: RealEvidence) -> Judgement:
     for (host, pid), conns in groups.items():
         sports = Counter(c.local[1] for c in conns)
         problems += [f"{host} pid {pid}: source port {p} x{n}" for p, n in sports.items() if n > 1]
-        inodes = [s.inode for c in conns for s in by_peer.get(_plain(c.local), [])]
+        inodes = [s.inode for c in conns for s in by_peer.get(unmapped(c.local), [])]
         if len(set(inodes)) != len(inodes) or len(inodes) != len(conns):
             problems.append(f"{host} pid {pid}: {len(conns)} connections, server sockets {inodes}")
     observed = (
