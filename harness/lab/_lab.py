@@ -51,7 +51,13 @@ from harness.lab import progress as _progress
 from harness.lab import teardown as _teardown
 from harness.lab.fabric import Fabric, wire_all
 from harness.lab.processes import ProcessHandle
-from harness.lab.runtime import Agents, CommandResult, HostRuntime
+from harness.lab.runtime import (
+    Agents,
+    CommandResult,
+    HostRuntime,
+    start_programs,
+    stop_programs,
+)
 from harness.observe import capture as _capture
 from harness.observe.faults import Fault, Faults, Link
 from harness.topology import (
@@ -589,7 +595,7 @@ class Lab:
             )
             await self._apply_nft()
             await self._open_services()
-            await self._run_programs()
+            await start_programs([h.runtime for h in self.hosts.values()])
             self.timings["programs"] = time.perf_counter() - started
             for name, backend in self._backends.items():  # a container that exited meanwhile
                 await backend.check_hosts(
@@ -673,18 +679,6 @@ class Lab:
         for host in self.hosts.values():
             await host.runtime.open_services()
 
-    async def _run_programs(self) -> None:
-        # Hosts at once, each host's programs in file order, then the services the
-        # programs and containers' own main processes hold; the first failure stops the
-        # rest (what started is stopped by the teardown that follows).
-        hosts = self.hosts.values()
-        await _first_failure(h.runtime.run_programs() for h in hosts if h.spec.run)
-        await _first_failure(h.runtime.await_process_services() for h in hosts)
-
-    async def _stop_processes(self) -> None:
-        # Before the namespaces go: every group gets SIGTERM and one grace together.
-        await asyncio.gather(*(h.runtime.stop_processes() for h in self.hosts.values()))
-
     def _processes_changed(self) -> None:
         if self._attached is None:  # lab.json lists them (an attached lab's is not ours)
             self._ledger.write_info(self.describe())
@@ -705,7 +699,7 @@ class Lab:
         async with lock:  # waits for a cancelled bring-up to finish unwinding
             try:
                 try:
-                    await self._stop_processes()
+                    await stop_programs([h.runtime for h in self.hosts.values()])
                 finally:
                     await self._close_agents()
             finally:
@@ -767,22 +761,6 @@ class Lab:
         if commit:
             self._forkserver.commit()
         self._forkserver.forget()  # without a commit, the server cleans the lab up
-
-
-async def _first_failure(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run them at once until all are done or one fails; then the others are cancelled
-    and its exception raised."""
-    tasks = [asyncio.ensure_future(coro) for coro in coros]
-    if not tasks:
-        return
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:

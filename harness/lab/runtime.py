@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -297,3 +297,32 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
+
+
+async def start_programs(hosts: Sequence[HostRuntime]) -> None:
+    """Every host's `run:` programs, hosts at once, each host's in file order, then the
+    services programs and containers' own main processes hold; the first failure stops
+    the rest (what started is stopped by the teardown that follows)."""
+    await _first_failure(h.run_programs() for h in hosts if h.spec.run)
+    await _first_failure(h.await_process_services() for h in hosts)
+
+
+async def stop_programs(hosts: Sequence[HostRuntime]) -> None:
+    """Before the namespaces go: every group gets SIGTERM and one grace together."""
+    await asyncio.gather(*(h.stop_processes() for h in hosts))
+
+
+async def _first_failure(coros: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run them at once until all are done or one fails; then the others are cancelled
+    and its exception raised."""
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    if not tasks:
+        return
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
