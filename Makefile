@@ -1,5 +1,6 @@
 # netharness — everything a fresh Debian machine needs, installed by the targets themselves.
-#   make install   system packages + .venv (idempotent; does nothing when up to date)
+#   make install   system packages + .venv (idempotent; does nothing when up to date); one
+#                  line per step, apt's and pip's output in .venv/install.log
 #   make demo      bring up topologies/lan.yaml on the netns backend, show it at work, tear down
 #   make image     the docker backend's host image (reused while current; needs Docker)
 #   make harness-image  the image compose.yaml runs the harness in
@@ -23,15 +24,24 @@ APT_PACKAGES := iproute2 python3-venv nftables openssh-server mmdebstrap nmap tc
 BENCH_APT_PACKAGES := mininet bridge-utils
 PYTEST_ARGS ?=
 
-# $(call apt_install,packages,apt options): install those of `packages` that are missing.
+# Installing prints one line per step; apt's and pip's own output goes to $(LOG), whose
+# tail and path a failed step prints (a fresh `make demo` shows the demo, not dpkg).
+LOG := $(VENV)/install.log
+# $(call failed,step): what a failed step prints before make stops.
+failed = { echo "$(1) failed; the last lines of $(LOG):" >&2; tail -n 25 $(LOG) >&2; \
+  echo "(the whole output: $(LOG))" >&2; exit 3; }
+
+# $(call apt_install,packages,apt options,why): install those of `packages` that are missing.
 define apt_install
 @missing=""; for p in $(1); do \
   dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 done; \
 if [ -n "$$missing" ]; then \
-  echo "installing Debian packages:$$missing"; \
+  echo "installing Debian packages$$missing ($(3))"; \
   if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install$$missing" >&2; exit 3; fi; \
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; \
+  mkdir -p $(VENV); echo "== apt-get install$$missing" >> $(LOG); \
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) $$missing; } \
+    >> $(LOG) 2>&1 || $(call failed,apt-get install$$missing); \
 fi
 endef
 
@@ -40,14 +50,18 @@ endef
 install: deps $(STAMP) bytecode
 
 deps:
-	$(call apt_install,$(APT_PACKAGES),)
+	$(call apt_install,$(APT_PACKAGES),,what the backends and the tests run)
 
 # editable_mode=compat: a plain path in a .pth file. The default mode's import hook costs
 # every `netharness` command ~19 ms at interpreter start.
 $(STAMP): pyproject.toml Makefile
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	@mkdir -p $(VENV)
+	@test -x $(BIN)/python || { echo "creating the virtual environment $(VENV)"; \
+	  $(PYTHON) -m venv $(VENV) >> $(LOG) 2>&1 || $(call failed,creating $(VENV)); }
+	@echo "installing netharness (editable) and its Python packages with the dev tools into $(VENV)"
+	@{ echo "== pip install -e .[dev]"; $(BIN)/python -m pip install --upgrade pip && \
+	  $(BIN)/python -m pip install -e '.[dev]' --config-settings editable_mode=compat; } \
+	  >> $(LOG) 2>&1 || $(call failed,pip install)
 	@touch $@
 
 # Compiled once here, so no command compiles the controller at every start, even where
@@ -95,7 +109,7 @@ integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 bench-deps:
-	$(call apt_install,$(BENCH_APT_PACKAGES),--no-install-recommends)
+	$(call apt_install,$(BENCH_APT_PACKAGES),--no-install-recommends,Mininet for the benchmarks to compare with)
 
 bench: install bench-deps
 	$(BIN)/python bench/report.py
