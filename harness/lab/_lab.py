@@ -88,8 +88,8 @@ class LabHost:
 
     @property
     def netns(self) -> str:
-        """The namespace name, usable with `ip netns exec`; for hosts that have no name
-        there (containers), the path of their namespace, usable with `nsenter --net=`."""
+        """The namespace name, usable with `ip netns exec` (docker hosts' too); for a
+        host with no name there, the path of its namespace, usable with `nsenter --net=`."""
         return self.handle.details.get("netns", self.handle.netns_path)
 
     def address(self, network: str | None = None, family: int = 4) -> str:

@@ -34,8 +34,9 @@ def test_every_phase_counts_each_host_once(backend: str, tmp_path: Path) -> None
     for phase in ("hosts", "wired", "agents"):
         # O(1) per host: a start, one event per host, nothing else.
         assert by_phase[phase] == list(range(count + 1)), phase
-    # Teardown: every namespace (netns hosts and the fabric) counted as it goes.
-    namespaces = count + 1 if backend == "netns" else 1
+    # Teardown: every namespace (the hosts', containers' named too, and the fabric's)
+    # counted as it goes.
+    namespaces = count + 1
     assert by_phase["removed"] == list(range(namespaces + 1))
 
 

@@ -102,7 +102,7 @@ def test_transport_suites_pass_across_ssh_hosts(lab: Lab) -> None:
     for suite, options in runs.items():
         checks = run_suite(suite, lab, **options)
         assert checks
-        failed += [f"{c.suite}/{c.name}: {c.verdict} {c.observed}" for c in checks if not c.passed]
+        failed += [f"{c.suite}/{c.name}: {c.verdict} {c.observed}" for c in checks if c.failed]
     assert failed == []
 
 
