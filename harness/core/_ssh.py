@@ -5,6 +5,12 @@ paramiko's SSHClient does the key exchange, then checks the server's key against
 given, ssh-agent, ~/.ssh/id_*: what `ssh` does; never a password). An unknown key is
 refused unless the caller opted in (`trust_new_host_keys`); a changed key is always
 refused. known_hosts is written only with `save_host_keys`, one line appended.
+
+~/.ssh/config is read as `ssh` reads it (paramiko's SSHConfig): the topology's `address`
+may be a `Host` alias, whose HostName, User, Port, IdentityFile and ProxyJump apply
+unless the topology says otherwise (its `user`, `key`, and a `port` other than 22).
+ProxyJump hops are connected in turn, each checked like the target, and the target is
+reached through a direct-tcpip channel of the last one.
 """
 
 from __future__ import annotations
@@ -42,6 +48,99 @@ class SshOptions:
     save_host_keys: bool = False
     connect: Connector | None = None
     timeout: float = 15.0
+    config_file: str | None = "~/.ssh/config"  # OpenSSH client config; None: none read
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One machine to log in to, after ~/.ssh/config: the target or a ProxyJump hop."""
+
+    address: str
+    port: int
+    user: str
+    key_files: tuple[str, ...]  # the topology's key or the config's IdentityFile
+    look_for_keys: bool  # also ~/.ssh/id_*, as ssh does when no key was given
+
+    @property
+    def name(self) -> str:
+        """How known_hosts names it."""
+        return known_hosts_name(self.address, self.port)
+
+
+def resolve(target: SshTarget, config_file: str | None) -> tuple[list[Endpoint], Endpoint]:
+    """(the ProxyJump hops in order, the target), with ~/.ssh/config applied."""
+    config = _read_config(config_file)
+    found = config.lookup(target.address) if config is not None else {}
+    key = target.key_file
+    endpoint = _endpoint(
+        found,
+        target.address,
+        port=target.port if target.port != DEFAULT_PORT else None,
+        user=target.user,
+        keys=(key,) if key else None,
+    )
+    jump = str(found.get("proxyjump", "none"))
+    hops = [] if jump.lower() == "none" else [_hop(h.strip(), config) for h in jump.split(",")]
+    return hops, endpoint
+
+
+DEFAULT_PORT = 22
+
+
+def _read_config(path: str | None) -> paramiko.SSHConfig | None:
+    if path is None or not os.path.exists(os.path.expanduser(path)):
+        return None
+    try:
+        return paramiko.SSHConfig.from_path(os.path.expanduser(path))
+    except (OSError, paramiko.ConfigParseError) as exc:
+        raise BackendError(f"cannot read the ssh config {path}: {exc}") from None
+
+
+def _hop(text: str, config: paramiko.SSHConfig | None) -> Endpoint:
+    """A ProxyJump entry, `[user@]host[:port]`, with that host's own config applied."""
+    user, _, rest = text.rpartition("@")
+    host, port = rest, None
+    if rest.startswith("["):  # [v6 address]:port
+        host, _, tail = rest[1:].partition("]")
+        port = int(tail[1:]) if tail.startswith(":") else None
+    elif rest.count(":") == 1:
+        host, _, number = rest.partition(":")
+        port = int(number)
+    found = config.lookup(host) if config is not None else {}
+    return _endpoint(found, host, port=port, user=user or None, keys=None)
+
+
+def _endpoint(
+    found: dict[str, Any],
+    alias: str,
+    *,
+    port: int | None,
+    user: str | None,
+    keys: tuple[str, ...] | None,
+) -> Endpoint:
+    configured = tuple(os.path.expanduser(k) for k in found.get("identityfile", ()))
+    return Endpoint(
+        address=str(found.get("hostname", alias)),
+        port=port or int(found.get("port", DEFAULT_PORT)),
+        user=user or found.get("user") or getpass.getuser(),
+        key_files=keys or tuple(k for k in configured if os.path.exists(k)),
+        look_for_keys=keys is None,
+    )
+
+
+class _Chained(paramiko.SSHClient):
+    """A client reached through ProxyJump hops; closing it closes them too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hops: list[paramiko.SSHClient] = []
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for hop in reversed(self.hops):
+                hop.close()
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -77,10 +176,38 @@ class _Policy(paramiko.MissingHostKeyPolicy):
 
 
 def open_client(host: str, target: SshTarget, options: SshOptions) -> paramiko.SSHClient:
-    """Connect and authenticate to `target`; BackendError with the reason and the fix."""
-    name = known_hosts_name(target.address, target.port)
+    """Connect and authenticate to `target` (through its ProxyJump hops, if
+    ~/.ssh/config names some); BackendError with the reason and the fix."""
+    hops, endpoint = resolve(target, options.config_file)
+    client = _Chained()
+    try:
+        sock: Any = _connect(host, hops[0] if hops else endpoint, options)
+        for index, hop in enumerate(hops):
+            via = _login(host, hop, sock, target, options)
+            client.hops.append(via)
+            following = hops[index + 1] if index + 1 < len(hops) else endpoint
+            sock = _channel(host, via, hop, following, options.timeout)
+        _login(host, endpoint, sock, target, options, client)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _login(
+    host: str,
+    endpoint: Endpoint,
+    sock: Any,
+    target: SshTarget,
+    options: SshOptions,
+    client: paramiko.SSHClient | None = None,
+) -> paramiko.SSHClient:
+    """Key exchange, host key check, then public-key authentication over `sock`."""
+    client = client if client is not None else paramiko.SSHClient()
+    name = endpoint.name
+    # paramiko takes a list of key files too (its stubs say one)
+    key_files: Any = list(endpoint.key_files) or None
     save_to = target.known_hosts_file or os.path.expanduser(SYSTEM_KNOWN_HOSTS)
-    client = paramiko.SSHClient()
     try:
         client.load_system_host_keys()  # ~/.ssh/known_hosts, never written back
         known_hosts = target.known_hosts_file
@@ -94,30 +221,30 @@ def open_client(host: str, target: SshTarget, options: SshOptions) -> paramiko.S
                 )
             client.get_host_keys().load(known_hosts)  # not remembered for saving
         client.set_missing_host_key_policy(_Policy(options, save_to))
-        sock = _connect(host, target, options)
         try:
             client.connect(
-                target.address,
-                port=target.port,
-                username=target.user or getpass.getuser(),
-                key_filename=target.key_file,
+                endpoint.address,
+                port=endpoint.port,
+                username=endpoint.user,
+                key_filename=key_files,
                 sock=sock,
                 timeout=options.timeout,
                 banner_timeout=options.timeout,
                 auth_timeout=options.timeout,
                 allow_agent=True,
-                look_for_keys=target.key is None,
+                look_for_keys=endpoint.look_for_keys,
             )
         except _Refused as refused:
             raise _unknown_key(host, name, refused.key, save_to) from None
         except paramiko.BadHostKeyException as exc:
             raise _changed_key(host, name, exc, known_hosts) from None
         except paramiko.AuthenticationException as exc:
-            user = target.user or getpass.getuser()
+            user = endpoint.user
             raise BackendError(
                 f"{user}@{name} accepted none of our keys ({exc}); netharness logs in with "
-                "the topology's `key`, ssh-agent or ~/.ssh/id_* only (never a password): "
-                f"add the public key to ~{user}/.ssh/authorized_keys there",
+                "the topology's `key`, the ssh config's IdentityFile, ssh-agent or "
+                f"~/.ssh/id_* only (never a password): add the public key to "
+                f"~{user}/.ssh/authorized_keys there",
                 host=host,
             ) from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -128,12 +255,28 @@ def open_client(host: str, target: SshTarget, options: SshOptions) -> paramiko.S
     return client
 
 
-def _connect(host: str, target: SshTarget, options: SshOptions) -> socket.socket:
+def _channel(
+    host: str, via: paramiko.SSHClient, hop: Endpoint, following: Endpoint, timeout: float
+) -> paramiko.Channel:
+    """A TCP connection from jump host `hop` to the next machine (ssh -J's way)."""
+    transport = via.get_transport()
+    assert transport is not None, "a logged-in client has a transport"
+    try:
+        return transport.open_channel(
+            "direct-tcpip", (following.address, following.port), ("127.0.0.1", 0), timeout=timeout
+        )
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise BackendError(
+            f"the jump host {hop.name} could not reach {following.name}: {exc}", host=host
+        ) from None
+
+
+def _connect(host: str, endpoint: Endpoint, options: SshOptions) -> socket.socket:
     connect = options.connect or _tcp
     try:
-        return connect(target.address, target.port, options.timeout)
+        return connect(endpoint.address, endpoint.port, options.timeout)
     except OSError as exc:
-        where = f"cannot connect to {target.address} port {target.port}"
+        where = f"cannot connect to {endpoint.address} port {endpoint.port}"
         raise BackendError.from_os(exc, where, host=host) from None
 
 

@@ -174,8 +174,9 @@ class Expectation:
 class SshTarget:
     """How to reach an existing machine (`ssh:` in the file), paths as written.
 
-    None means what ssh does: the controller's user name, keys from ssh-agent and
-    ~/.ssh/id_*, ~/.ssh/known_hosts. `key_file` and `known_hosts_file` are the paths to
+    None means what ssh does: ~/.ssh/config's User and IdentityFile for `address` (which
+    may be a Host alias there), else the controller's user name, keys from ssh-agent and
+    ~/.ssh/id_*, ~/.ssh/known_hosts. `port` 22 gives way to the config's Port. `key_file` and `known_hosts_file` are the paths to
     open: ~ expanded, relative ones taken from `folder`, the topology file's folder (not
     part of the topology's meaning: equal topologies may come from different folders).
     """

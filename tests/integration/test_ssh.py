@@ -288,3 +288,41 @@ def test_a_lab_mixes_ssh_hosts_with_namespaces(sshd: SshdLab) -> None:
         assert "10.0.78.5/24" in wired.stdout
         assert a.host_agent.info().hostname
     assert not Path(h.handle.netns_path).exists()
+
+
+SSH_CONFIG = """\
+Host machine-a
+    HostName {a}
+    User root
+    IdentityFile {key}
+
+Host b-behind-a
+    HostName {b}
+    User root
+    IdentityFile {key}
+    ProxyJump machine-a
+"""
+
+
+def test_ssh_config_aliases_and_proxyjump(sshd: SshdLab, tmp_path: Path) -> None:
+    # The topology names the machines by ~/.ssh/config aliases only; b is reached through
+    # a (ssh -J): b's sshd sees the connection come from a's address, not ctl's.
+    config = tmp_path / "config"
+    config.write_text(SSH_CONFIG.format(a=ADDRESSES["a"], b=ADDRESSES["b"], key=sshd.user_key))
+    lines = ["name: aliases", "networks:", "  lan: {subnet: 10.0.77.0/24}", "hosts:"]
+    for name, alias in (("a", "machine-a"), ("b", "b-behind-a")):
+        lines += [
+            f"  {name}:",
+            f"    networks: {{lan: {ADDRESSES[name]}}}",
+            f"    ssh: {{address: {alias}, known_hosts: {sshd.known_hosts}}}",
+        ]
+    topology = parse_topology("\n".join(lines) + "\n", "aliases.yaml")
+    offsets = _log_offsets(sshd)
+    options = {"ssh_options": sshd.options(config_file=str(config))}
+    with Lab.up(topology, backend_options=options) as lab:
+        assert lab.hosts["b"].run(["cat", "/proc/sys/kernel/hostname"]).returncode == 0
+        assert lab.hosts["b"].agent().pid > 0  # an agent runs on b, over the hop
+        connected = _log_since(sshd, offsets, "b")
+        assert f"Connection from {ADDRESSES['a']} port" in connected, connected[-2000:]
+        assert "Connection from 10.0.77.2 port" not in connected  # not straight from ctl
+        assert "direct-tcpip" in _log_since(sshd, offsets, "a")
