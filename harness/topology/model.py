@@ -176,9 +176,10 @@ class SshTarget:
 
     None means what ssh does: ~/.ssh/config's User and IdentityFile for `address` (which
     may be a Host alias there), else the controller's user name, keys from ssh-agent and
-    ~/.ssh/id_*, ~/.ssh/known_hosts. `port` 22 gives way to the config's Port. `key_file` and `known_hosts_file` are the paths to
-    open: ~ expanded, relative ones taken from `folder`, the topology file's folder (not
-    part of the topology's meaning: equal topologies may come from different folders).
+    ~/.ssh/id_*, ~/.ssh/known_hosts. `port` 22 gives way to the config's Port.
+    `key_file` and `known_hosts_file` are the paths to open: ~ expanded, relative ones
+    taken from `folder`, the topology file's folder (not part of the topology's meaning:
+    equal topologies may come from different folders).
     """
 
     address: str  # a host name or an IP address to connect to
