@@ -18,6 +18,16 @@ def _stat(pid: int | str) -> list[bytes] | None:
     return stat[stat.rfind(b")") + 2 :].split()
 
 
+def _running(fields: list[bytes] | None) -> bool:
+    """A process that has not exited: a zombie has (its parent just has not reaped it)."""
+    return fields is not None and fields[0] not in (b"Z", b"X")
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs; False for no pid at all."""
+    return pid > 0 and _running(_stat(pid))
+
+
 def leads_group(pid: int) -> bool | None:
     """Whether `pid` leads its process group; None if there is no such process."""
     fields = _stat(pid)
@@ -31,7 +41,7 @@ def live_members(pgid: int) -> list[int]:
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             fields = _stat(entry.name)
-            if fields is not None and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            if fields is not None and int(fields[2]) == pgid and _running(fields):
                 members.append(int(entry.name))
     return members
 

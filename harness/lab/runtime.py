@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.core import pgroups
 from harness.core.agent import Agent, AgentChannel
 from harness.errors import BackendError, HarnessError, ProcessFailed, UsageError
 from harness.lab import processes
@@ -244,7 +245,7 @@ class HostRuntime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while ready.port not in await self.listening(ready.proto):
-            if not _alive(pid):
+            if not pgroups.alive(pid):
                 await self._backend.check_hosts([self.handle])  # raises, with its log
                 raise ProcessFailed("ended before it listened", host=self.name, process=MAIN)
             if loop.time() >= deadline:
@@ -285,18 +286,6 @@ class HostRuntime:
             "sock_diag", proto=proto, family=family, states=mask
         )
         return {int(row[2]) for row in reply["sockets"]}
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie has ended); False for no pid at all."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 async def start_programs(hosts: Sequence[HostRuntime]) -> None:
