@@ -45,6 +45,7 @@ from harness.checks.suites._base import (
     target_address,
 )
 from harness.errors import HarnessError, UsageError
+from harness.observe.sockets import unmapped
 
 if TYPE_CHECKING:
     from harness.core.agent import Agent
@@ -327,14 +328,6 @@ def _kernel_listeners(lab: Lab, host: str, family: int) -> dict[str, dict[int, i
     return counts
 
 
-def plain(endpoint: Endpoint) -> Endpoint:
-    """An endpoint with a v4-mapped IPv6 address written as IPv4 (as clients see it)."""
-    address, port = endpoint
-    if address.startswith("::ffff:") and "." in address:
-        return (address[7:], port)
-    return (address, port)
-
-
 # ---- judging -----------------------------------------------------------------------------
 
 
@@ -508,13 +501,13 @@ def _stray_arrivals(
     addressed: dict[int, set[Endpoint]] = defaultdict(set)
     for flow in flows:
         if flow.local is not None:
-            addressed[flow.target[1]].add(plain(flow.local))
+            addressed[flow.target[1]].add(unmapped(flow.local))
     stray = 0
     for s in evidence.servers:
         port = (s.tcp if proto == "tcp" else s.udp)[1]
         arrivals = s.accepted if proto == "tcp" else s.datagrams
         for arrival in arrivals:
-            if plain(arrival.peer) not in addressed[port] or arrival.local[1] != port:
+            if unmapped(arrival.peer) not in addressed[port] or arrival.local[1] != port:
                 stray += 1
                 problems.add(
                     f"pid {s.pid} (port {port}) received from {show(arrival.peer)} on "
@@ -530,9 +523,9 @@ def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
     reuses = 0
     for port, s in sorted(owners.items()):
         flows = [f for f in evidence.flows if f.proto == "udp" and f.target[1] == port]
-        sources = [plain(f.local) for f in flows if f.local is not None]
-        seen_by_echo = {plain(r.peer) for f in flows for r in f.replies}
-        seen_by_server = {plain(d.peer) for d in s.datagrams}
+        sources = [unmapped(f.local) for f in flows if f.local is not None]
+        seen_by_echo = {unmapped(r.peer) for f in flows for r in f.replies}
+        seen_by_server = {unmapped(d.peer) for d in s.datagrams}
         socks = {r.sock for f in flows for r in f.replies} | {d.sock for d in s.datagrams}
         if socks != {s.udp_sock}:
             problems.add(f"port {port}: answered by sockets {sorted(socks)}, not {s.udp_sock}")
@@ -544,7 +537,7 @@ def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
             if f.local is None:
                 continue
             for r in f.replies:
-                if plain(r.peer) != plain(f.local):
+                if unmapped(r.peer) != unmapped(f.local):
                     problems.add(
                         f"{r.sent}: the server saw it from {show(r.peer)}, the client sent "
                         f"from {show(f.local)}"
@@ -575,7 +568,7 @@ def _udp_one_socket(evidence: Evidence) -> tuple[bool, str, dict[str, Any]]:
         observed += f"; {problems.count} problem(s): {problems.sample[0]}"
     sample_port = table[0]["port"] if table else None
     sources_of_sample = sorted(
-        show(plain(f.local))
+        show(unmapped(f.local))
         for f in evidence.flows
         if f.proto == "udp" and f.target[1] == sample_port and f.local is not None
     )
@@ -599,7 +592,7 @@ def _shared_sources(flows: Sequence[Flow]) -> tuple[dict[Endpoint, int], int]:
     by_process: dict[tuple[str, int], list[Endpoint]] = defaultdict(list)
     for f in flows:
         if f.local is not None:
-            by_process[(f.host, f.pid)].append(plain(f.local))
+            by_process[(f.host, f.pid)].append(unmapped(f.local))
     shared: Counter[Endpoint] = Counter()
     for sources in by_process.values():
         shared.update({s: c for s, c in Counter(sources).items() if c > 1})
@@ -627,7 +620,7 @@ def _tcp_socket_per_connection(evidence: Evidence) -> tuple[bool, str, dict[str,
             if f.proto == "tcp" and f.target[1] == port and f.local is not None
         ]
         accepted = [a for a in s.accepted if a.listener == s.tcp_sock]
-        by_peer = {plain(a.peer): a for a in accepted}
+        by_peer = {unmapped(a.peer): a for a in accepted}
         if len(accepted) != len(flows):
             problems.add(
                 f"port {port}: {len(flows)} connections, the listener accepted {len(accepted)}"
@@ -636,21 +629,21 @@ def _tcp_socket_per_connection(evidence: Evidence) -> tuple[bool, str, dict[str,
             if count > 1:
                 problems.add(f"port {port}: accepted socket {sock} reported {count} times")
         for a in accepted:
-            all_tuples[(plain(a.local), plain(a.peer))] += 1
+            all_tuples[(unmapped(a.local), unmapped(a.peer))] += 1
         for f in flows:
             assert f.local is not None
             assert f.peer is not None
-            mine = by_peer.get(plain(f.local))
+            mine = by_peer.get(unmapped(f.local))
             if mine is None:
                 problems.add(f"{f.tag}: no accepted socket for {show(f.local)}")
                 continue
-            if (plain(mine.local), plain(mine.peer)) != (plain(f.peer), plain(f.local)):
+            if (unmapped(mine.local), unmapped(mine.peer)) != (unmapped(f.peer), unmapped(f.local)):
                 problems.add(
                     f"{f.tag}: the client saw {show(f.local)} -> {show(f.peer)}, the server "
                     f"accepted {show(mine.peer)} -> {show(mine.local)}"
                 )
             for r in f.replies:
-                if r.sock != mine.sock or plain(r.peer) != plain(f.local):
+                if r.sock != mine.sock or unmapped(r.peer) != unmapped(f.local):
                     problems.add(
                         f"{r.sent}: answered by socket {r.sock} for {show(r.peer)}, but "
                         f"socket {mine.sock} was accepted for {show(f.local)}"
