@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import shlex
 import signal
 import sys
 import time
@@ -184,14 +183,10 @@ class LabHost:
         """
         if self._lab._state != "up":
             raise UsageError(f"lab {self._lab.id} is not up")
-        argv = shlex.split(command) if isinstance(command, str) else list(command)
-        if not argv:
-            raise UsageError("start: the command is empty")
-        if name is None:
-            name = _processes.default_name(argv, self.runtime.processes)
         program = _processes.program_for(
-            argv,
+            command,
             name=name,
+            taken=self.runtime.processes,
             user=user,
             env=env,
             cwd=cwd,

@@ -64,7 +64,8 @@ def parse_ready(ready: Ready | str | Sequence[Ready | str] | None) -> tuple[Read
 def program_for(
     command: str | Sequence[str],
     *,
-    name: str,
+    name: str | None,
+    taken: Collection[str] = (),
     user: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
@@ -72,10 +73,12 @@ def program_for(
     ready_timeout: float = 10.0,
 ) -> Program:
     """The `Program` that `LabHost.start`'s arguments describe (a string is split as a
-    shell would, and no shell runs it)."""
+    shell would, and no shell runs it); no `name`: argv[0]'s, numbered past `taken`."""
     argv = tuple(shlex.split(command) if isinstance(command, str) else command)
     if not argv:
         raise UsageError("start: the command is empty")
+    if name is None:
+        name = default_name(argv, taken)
     if not _NAME.fullmatch(name):
         raise UsageError(f"process name {name!r}: use letters, digits, '_', '.' and '-'")
     return Program(
