@@ -134,7 +134,9 @@ def _recorded_processes(lab: Lab, host: str) -> dict[str, Any]:
 def process_names(lab: Lab, host: str) -> dict[int, str]:
     """pid -> name of every process of `host` the lab knows by name (for messages)."""
     target = lab.hosts[host]
-    known = {int(info["pid"]): name for name, info in _recorded_processes(lab, host).items()}
+    # lab.json lists what the owner started: only a lab joined with attach() needs it
+    recorded = _recorded_processes(lab, host) if lab.attached else {}
+    known = {int(info["pid"]): name for name, info in recorded.items()}
     known.update({handle.pid: name for name, handle in target.processes.items()})
     if "pid" in target.handle.details:
         known[int(target.handle.details["pid"])] = MAIN
