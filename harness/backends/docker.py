@@ -57,6 +57,7 @@ from harness.errors import (
     ProcessFailed,
 )
 from harness.topology import Host
+from harness.topology.model import MAIN_PROCESS
 
 LAB_LABEL = "netharness.lab"
 HOST_LABEL = "netharness.host"
@@ -118,12 +119,12 @@ def exited(container: Any, host: str) -> ProcessFailed:
         return ProcessFailed(
             f"container {container.name} exited; the engine does not say how ({exc})",
             host=host,
-            process="main",
+            process=MAIN_PROCESS,
         )
     return ProcessFailed(
         f"container {container.name} exited with status {status}",
         host=host,
-        process="main",
+        process=MAIN_PROCESS,
         log_tail=log.rstrip(),
     )
 
@@ -234,7 +235,7 @@ class DockerBackend(Backend):
             raise ProcessFailed(
                 f"container {container.name} did not start: {exc.explanation}",
                 host=host.name,
-                process="main",
+                process=MAIN_PROCESS,
             ) from None
         except DockerException as exc:
             raise EnvironmentProblem(
@@ -405,7 +406,7 @@ class DockerBackend(Backend):
             raise ProcessFailed(
                 f"container {naming.host_netns(self._lab_id, host)} was removed",
                 host=host,
-                process="main",
+                process=MAIN_PROCESS,
             )
 
     def _exec_failed(self, handle: HostHandle, command: list[str], exc: Exception) -> BackendError:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from harness.errors import AgentError, UsageError
 from harness.observe import sockets
 from harness.observe.sockets import OwnedSocket, SocketTable
+from harness.topology.model import MAIN_PROCESS
 
 if TYPE_CHECKING:
     from harness.lab import Lab
@@ -45,7 +46,7 @@ __all__ = [
     "process_pid",
 ]
 
-MAIN = "main"
+MAIN = MAIN_PROCESS  # a docker host's own main process
 ACCEPT_WAIT = 2.0  # seconds a server may take to accept() the check's connection
 POLL = 0.01
 MAX_PARALLEL = 32
