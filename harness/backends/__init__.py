@@ -18,7 +18,12 @@ _CLASSES: dict[str, tuple[str, str]] = {
     "docker": ("harness.backends.docker", "DockerBackend"),
     "ssh": ("harness.backends.ssh", "SshBackend"),
 }
+# name -> the ledger entry kinds its objects are recorded under, besides the namespaces
+# every lab records (hostagent.reaper removes those): known here, so that a teardown
+# loads only the backends a ledger names (ssh's imports paramiko, ~0.1 s on a Ctrl-C).
+RECORDED_KINDS: dict[str, tuple[str, ...]] = {"netns": (), "docker": ("container",), "ssh": ()}
 assert tuple(_CLASSES) == BACKEND_NAMES, "a backend the topology format does not name"
+assert tuple(RECORDED_KINDS) == BACKEND_NAMES
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -45,14 +50,10 @@ def clean_recorded(lab_id: str, entries: list[dict[str, str]]) -> list[str]:
     """Remove the backend objects (not namespaces) a lab's ledger names; only the backends
     whose kinds it has are loaded."""
     removed: list[str] = []
-    kinds = {e.get("kind") for e in entries}
-    for name in _CLASSES:
-        if name == "netns" or not kinds:
-            continue  # namespaces are the ledger's own (hostagent.reaper)
-        cls = backend_class(name)
-        mine = [e for e in entries if e.get("kind") in cls.recorded_kinds]
+    for name, kinds in RECORDED_KINDS.items():
+        mine = [e for e in entries if e.get("kind") in kinds]
         if mine:
-            removed += cls.remove_recorded(lab_id, mine)
+            removed += backend_class(name).remove_recorded(lab_id, mine)
     return removed
 
 

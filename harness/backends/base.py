@@ -141,15 +141,12 @@ class Backend(abc.ABC):
         it started, even after it has itself exited. By default only to the process."""
         process.kill(sig)
 
-    #: The ledger entry kinds this backend's objects are recorded under, besides the
-    #: namespaces every lab records (hostagent.reaper removes those).
-    recorded_kinds: tuple[str, ...] = ()
-
     @classmethod
     def remove_recorded(cls, lab_id: str, entries: list[dict[str, str]]) -> list[str]:
-        """Remove what a lab's ledger names of `recorded_kinds` (entries of those kinds
-        only), dead lab or alive; returns what it removed. This is the only way a
-        backend's hosts go: `Lab.down`, `netharness down` and `clean` all end here."""
+        """Remove what a lab's ledger names of this backend's kinds (entries of those
+        kinds only, `harness.backends.RECORDED_KINDS`), dead lab or alive; returns what
+        it removed. This is the only way a backend's hosts go: `Lab.down`, `netharness
+        down` and `clean` all end here."""
         return []
 
     async def check_hosts(self, handles: Sequence[HostHandle]) -> None:  # noqa: B027

@@ -131,7 +131,6 @@ def exited(container: Any, host: str) -> ProcessFailed:
 
 class DockerBackend(Backend):
     name = "docker"
-    recorded_kinds = ("container",)
 
     def __init__(
         self,
