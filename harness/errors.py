@@ -69,6 +69,10 @@ class EnvironmentProblem(HarnessError):
     exit_code = 3
 
 
+class RootlessLimit(EnvironmentProblem):
+    """A rootless lab cannot do this (harness.core.userns): the message says why."""
+
+
 # Ends the message of an EnvironmentProblem that `netharness doctor` checks for.
 SEE_DOCTOR = "`netharness doctor` lists all this machine lacks, with the fixes"
 

@@ -26,6 +26,15 @@ def _checks_root(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Rootless (not root, or NETHARNESS_ROOTLESS=1): the whole run, and every netharness
+    # command it starts, shares one user namespace, whose network namespace is the "root"
+    # namespace the run must leave as it found it. Entered now, while single-threaded.
+    from harness.core import userns
+
+    if userns.wanted():
+        from harness.lab import Lab
+
+        Lab.prepare_process()
     # Marks every process this run starts (xdist workers and lab owners inherit it).
     os.environ.setdefault(SESSION_VAR, uuid.uuid4().hex)
     # A shell starts background jobs with SIGINT ignored, and programs they start inherit

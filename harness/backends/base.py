@@ -96,6 +96,8 @@ class Backend(abc.ABC):
     #: Whether a lab of such hosts can outlive the command that made it (`netharness up`):
     #: False when this process holds what keeps them (ssh connections).
     detachable: bool = True
+    #: Why its hosts cannot be made from a user namespace (rootless mode); empty if they can.
+    needs_root: str = ""
 
     @classmethod
     @abc.abstractmethod

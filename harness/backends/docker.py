@@ -131,6 +131,10 @@ def exited(container: Any, host: str) -> ProcessFailed:
 
 class DockerBackend(Backend):
     name = "docker"
+    needs_root = (
+        "the engine runs containers in the initial user namespace, whose network "
+        "namespaces a user namespace cannot enter to wire them"
+    )
 
     def __init__(
         self,

@@ -103,9 +103,14 @@ def chosen() -> BringUp:
 
 
 @contextmanager
-def progress_shown(hosts: int) -> Iterator[Callback | None]:
-    """The progress callback for a lab of `hosts` hosts, as the user chose."""
+def progress_shown(hosts: int, lab: str | None = None) -> Iterator[Callback | None]:
+    """The progress callback for a lab of `hosts` hosts (a new one, or the running `lab`),
+    as the user chose. The process first goes where a rootless lab is: a progress bar's
+    thread would keep the kernel from moving it."""
+    from harness.lab import Lab
     from harness.lab.progress import shown
+
+    Lab.prepare_process(lab)
 
     with shown(hosts, chosen().progress) as callback:
         yield callback

@@ -21,6 +21,7 @@ from harness._version import __version__
 from harness.cli._bringup import bring_up, lab_options, progress_shown, refuse_bringup_options
 from harness.cli._console import err, out
 from harness.core import ledger as _ledger
+from harness.core import userns
 from harness.errors import HarnessError, LabNotFound, TopologyError, UsageError
 
 if TYPE_CHECKING:
@@ -301,6 +302,8 @@ def clean(lab: str | None, dry_run: bool, quiet: bool) -> None:
 
             removed = _teardown.destroy_recorded(record)
             say(f"lab {record.id}: removed {', '.join(removed) or 'its ledger'}")
+    if userns.wanted() and record.alive and record.owner_pid is not None:
+        userns.join(record.owner_pid)  # where a rootless lab's namespaces have names
     if not records:
         say("nothing to clean")
 
@@ -403,7 +406,7 @@ def suite(
     if spec is None:
         refuse_bringup_options(target)
     # A lab given by id shows progress only when asked (--progress): its size is unknown.
-    with progress_shown(len(spec.hosts) if spec else 0) as callback:
+    with progress_shown(len(spec.hosts) if spec else 0, None if spec else target) as callback:
         lab = bring_up(spec, callback) if spec else Lab.attach(target)
         with lab:
             checks = []

@@ -1,4 +1,5 @@
-"""Each lab's ledger under /run/netharness/labs/<id>/: what it made, and who owns it.
+"""Each lab's ledger under /run/netharness/labs/<id>/ (rootless: the user's runtime
+directory, see harness.core.userns): what it made, and who owns it.
 
     lab.json      id, topology, owner pid, creation time, hosts and their addresses
     ledger.jsonl  one line per object, appended (and flushed) BEFORE the object is made
@@ -21,17 +22,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from harness.core import userns
 from harness.errors import HarnessError, LabNotFound
 from hostagent import reaper
 
-RUN_DIR = Path(os.environ.get("NETHARNESS_RUN_DIR", "/run/netharness"))
+ROOT_RUN_DIR = Path("/run/netharness")
 LAB_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 LAB_ID_LENGTH = 6
 ABSENT = reaper.ABSENT  # ledger state of an object whose creation failed before it existed
 
 
+def run_dir() -> Path:
+    """$NETHARNESS_RUN_DIR, else /run/netharness as root, else the user's own (rootless)."""
+    explicit = os.environ.get(userns.RUN_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    return userns.user_run_dir() if userns.wanted() else ROOT_RUN_DIR
+
+
 def labs_dir() -> Path:
-    return RUN_DIR / "labs"
+    return run_dir() / "labs"
 
 
 def new_lab_id() -> str:

@@ -31,7 +31,7 @@ from harness.backends import (
 )
 from harness.backends._forkserver import ForkServerClient
 from harness.backends.base import Backend, HostHandle
-from harness.core import _netns
+from harness.core import _netns, userns
 from harness.core import ledger as _ledger
 from harness.core._loop import LoopThread
 from harness.core.agent import Agent
@@ -122,7 +122,8 @@ class LabHost:
     def agent(self, user: str | None = None) -> Agent:
         """Start a new agent process in this host: a new application with its own pid.
 
-        `user` (a name or uid) runs it as that unprivileged user instead of root.
+        `user` (a name or uid) runs it as that unprivileged user instead of root; a rootless
+        lab has no other user (RootlessLimit).
         """
         return self.runtime.call(self.runtime.start_agent(user))
 
@@ -317,6 +318,7 @@ class Lab:
         lab = cls(topology, lab_id=lab_id)
         lab._attached = record
         _check_environment()
+        cls.prepare_process(lab_id)
         lab._state = "starting"
         lab._runner.start()
         try:
@@ -327,12 +329,29 @@ class Lab:
         lab._state = "up"
         return lab
 
+    @staticmethod
+    def prepare_process(lab_id: str | None = None) -> None:
+        """Put this process where rootless labs' namespaces are (harness.core.userns): a
+        user namespace of its own, or that of the running lab `lab_id`. A no-op as root.
+        `start` and `attach` do it; a program that starts threads first must call it
+        before them (the kernel moves only a single-threaded process)."""
+        if not userns.wanted():
+            return
+        if lab_id is None:
+            userns.enter()
+            return
+        record = _ledger.find_lab(lab_id)
+        if record.alive and record.owner_pid is not None:
+            userns.join(record.owner_pid)
+
     def start(self) -> None:
         if self._state != "new":
             raise UsageError(f"lab {self.id} was already started")
         if self.backend_name is not None:
             check_backend_name(self.backend_name)
         _check_environment()
+        if userns.wanted():
+            self._enter_user_namespace()
         self._state = "starting"
         self._runner.start()
         try:
@@ -386,6 +405,19 @@ class Lab:
             self._runner.stop()
             self._state = "detached"
         return pid
+
+    def _enter_user_namespace(self) -> None:
+        for spec in self.topology.hosts.values():
+            reason = backend_class(self.host_backend(spec)).needs_root
+            if reason:
+                raise EnvironmentProblem(
+                    f"host {spec.name}: {self.host_backend(spec)} hosts need root, and this "
+                    f"lab is rootless (not root, or {userns.FORCE_ENV}=1): {reason}. Run as "
+                    "root, or use netns hosts (--backend netns)"
+                )
+            for program in spec.run:  # refused before anything is made, not half-way
+                userns.check_user(program.user)
+        userns.enter()
 
     @property
     def state(self) -> str:
@@ -772,11 +804,6 @@ def _sysctl_in(netns_path: str, key: str, value: str | None) -> str:
 
 
 def _check_environment() -> None:
-    if os.geteuid() != 0:
-        raise EnvironmentProblem(
-            "netharness needs root to create network namespaces; run it with sudo or as root; "
-            + SEE_DOCTOR
-        )
     if not os.path.exists("/proc/self/ns/net"):
         raise EnvironmentProblem(
             f"this kernel has no network namespaces (CONFIG_NET_NS); {SEE_DOCTOR}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
-from harness.core import pgroups
+from harness.core import pgroups, userns
 from harness.core.agent import Agent, AgentChannel
 from harness.errors import BackendError, HarnessError, ProcessFailed, UsageError
 from harness.lab import processes
@@ -104,6 +104,7 @@ class HostRuntime:
 
     async def start_agent(self, user: str | None = None) -> Agent:
         """A new agent process in the host (as `user` if given), its stderr in the log."""
+        userns.check_user(user)
         in_read, in_write = os.pipe()
         out_read, out_write = os.pipe()
         log = os.open(
@@ -209,6 +210,7 @@ class HostRuntime:
     async def start_process(self, program: Program) -> ProcessHandle:
         """Start a user's process and wait until it is ready; on failure it is stopped
         and ProcessFailed raised. Its name must not be a live process's of this host."""
+        userns.check_user(program.user)
         current = self.processes.get(program.name)
         if current is not None and current.returncode is None:
             raise UsageError(

@@ -24,12 +24,12 @@ import shutil
 import signal
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from harness.core import _netns, naming
+from harness.core import _netns, naming, userns
 from harness.errors import SEE_DOCTOR, BackendError, EnvironmentProblem, UsageError
 from harness.observe.diag import _on_own_thread
 from harness.observe.diagnostics import iproute_in
@@ -231,12 +231,33 @@ def fabric_port(lab_id: str, host_netns: str, ifname: str, label: str) -> str:
         raise BackendError.from_os(exc, f"cannot look up {label}") from exc
 
 
-def tcpdump() -> str:
-    found = shutil.which("tcpdump")
+class Capturer(NamedTuple):
+    """The program that captures: its argv for an interface and a file, and what it says
+    on stderr once its socket is bound."""
+
+    name: str
+    argv: Callable[[str, Path], list[str]]
+    ready: str
+
+
+def capturer() -> Capturer:
+    """tcpdump; in a rootless lab dumpcap (Wireshark's), since tcpdump, even with `-Z
+    root`, calls setgroups(2), which a user namespace of one's own refuses."""
+    if userns.inside():
+        dumpcap = _installed("dumpcap", "tshark")
+        return Capturer(
+            "dumpcap", lambda ifname, path: [dumpcap, *_dumpcap_args(ifname, path)], "Capturing on"
+        )
+    tcpdump = _installed("tcpdump", "tcpdump")
+    return Capturer("tcpdump", lambda ifname, path: [tcpdump, *_args(ifname, path)], "listening on")
+
+
+def _installed(program: str, package: str) -> str:
+    found = shutil.which(program)
     if found is None:
         raise EnvironmentProblem(
-            "packet capture needs tcpdump, which is not installed here; install it with "
-            f"`apt-get install tcpdump`; {SEE_DOCTOR}"
+            f"packet capture needs {program}, which is not installed here; install it with "
+            f"`apt-get install {package}`; {SEE_DOCTOR}"
         )
     return found
 
@@ -258,7 +279,7 @@ async def start(
     targets = list(targets)
     if not targets:
         return []
-    binary = tcpdump()
+    tool = capturer()
     directory.mkdir(parents=True, exist_ok=True)
     fabric = _netns.netns_path(naming.fabric_netns(lab_id))
     captures: list[Capture] = []
@@ -274,11 +295,11 @@ async def start(
                 )
             path = directory / (filename or target.filename)
             log = logs / f"capture-{target.filename[:-5]}-{time.time_ns()}.log"
-            process = await _spawn(forkserver, fabric, [binary, *_args(ifname, path)], log)
+            process = await _spawn(forkserver, fabric, tool.argv(ifname, path), log)
             captures.append(Capture(target, path, process, fabric, ifname))
             logs_of[captures[-1]] = log
         # All of them start at once; each is ready when tcpdump says it listens.
-        await asyncio.gather(*(_wait_listening(c, logs_of[c]) for c in captures))
+        await asyncio.gather(*(_wait_listening(c, logs_of[c], tool) for c in captures))
         await asyncio.gather(*(c.mark() for c in captures))
     except BaseException:
         await asyncio.gather(*(c.stop() for c in captures if c.running), return_exceptions=True)
@@ -293,6 +314,11 @@ def _args(ifname: str, path: Path) -> list[str]:
     return ["-i", ifname, "-w", str(path), "-U", "--immediate-mode", "-n", "-Z", "root"]
 
 
+def _dumpcap_args(ifname: str, path: Path) -> list[str]:
+    # -P: the classic pcap format tcpdump writes; -q: no running packet counts on stderr.
+    return ["-i", ifname, "-w", str(path), "-P", "-q"]
+
+
 async def _spawn(
     forkserver: ForkServerClient, netns: str, argv: list[str], log: Path
 ) -> ForkedProcess:
@@ -305,17 +331,17 @@ async def _spawn(
         os.close(out)
 
 
-async def _wait_listening(capture: Capture, log: Path) -> None:
+async def _wait_listening(capture: Capture, log: Path, tool: Capturer) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         text = log.read_text(errors="replace")
-        if "listening on" in text:
+        if tool.ready in text:
             return
         if not capture.running or time.monotonic() > deadline:
             await capture.stop()
             said = text.strip() or "nothing"
             raise BackendError(
-                f"tcpdump did not start capturing {capture.target.label} (it said: {said})"
+                f"{tool.name} did not start capturing {capture.target.label} (it said: {said})"
             )
         await asyncio.sleep(0.01)
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from harness.core import ledger
 from tests.integration.rootns import snapshot
 from tests.support import netharness
 
 ROOT = Path(__file__).resolve().parents[2]
 LAN = str(ROOT / "topologies" / "lan.yaml")
-LABS = Path("/run/netharness/labs")
+LABS = ledger.labs_dir()  # the user's own in a rootless run (tests/conftest.py)
 
 
 def lab_namespaces(lab_id: str) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from harness import Lab, load_topology
+from harness.core import ledger
 from harness.errors import BackendError
 from harness.lab import LabHost
 from tests.integration.rootns import snapshot
@@ -150,7 +151,7 @@ def test_a_failed_bring_up_unwinds_and_spares_what_is_not_ours() -> None:
         assert foreign in os.listdir("/run/netns")
         left = [n for n in os.listdir("/run/netns") if n.startswith("nh-zzzzzz") and n != foreign]
         assert left == []
-        assert not Path("/run/netharness/labs/zzzzzz").exists()
+        assert not (ledger.labs_dir() / "zzzzzz").exists()
     finally:
         if fd is not None:
             os.close(fd)

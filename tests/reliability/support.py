@@ -15,7 +15,7 @@ from tests.integration.rootns import RootSnapshot, foreign_labs, lab_namespaces,
 from tests.support import ROOT, netharness, start
 
 LAN = ROOT / "topologies" / "lan.yaml"
-LABS = Path("/run/netharness/labs")
+LABS = ledger.labs_dir()  # the user's own in a rootless run (tests/conftest.py)
 SOAK = os.environ.get("NETHARNESS_SOAK") == "1"
 
 

@@ -17,7 +17,7 @@ from hostagent import reaper
 
 @pytest.fixture(autouse=True)
 def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(ledger, "RUN_DIR", tmp_path)
+    monkeypatch.setenv("NETHARNESS_RUN_DIR", str(tmp_path))
     return tmp_path
 
 

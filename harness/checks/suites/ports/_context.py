@@ -16,7 +16,7 @@ from harness.checks.suites._base import (
     show,
     target_address,
 )
-from harness.errors import AgentError, HarnessError, UsageError
+from harness.errors import AgentError, HarnessError, RootlessLimit, UsageError
 
 if TYPE_CHECKING:
     from harness.core.agent import Agent, AgentInfo, Socket
@@ -257,7 +257,10 @@ class _Context:
         )
 
     def agent(self, host: str, user: str | None = None) -> Agent:
-        agent = self.lab.hosts[host].agent(user=user)
+        try:
+            agent = self.lab.hosts[host].agent(user=user)
+        except RootlessLimit as exc:
+            raise _NotApplicable(f"not applicable: {exc}") from None
         self._scopes[-1].append(agent)
         self._users[agent.pid] = user or "root"
         return agent
