@@ -20,8 +20,9 @@ STAMP := $(VENV)/.installed
 # dnsmasq-base (a Debian server run as a user's process in the tests; no system service).
 APT_PACKAGES := iproute2 python3-venv nftables openssh-server mmdebstrap nmap tcpdump tshark graphviz busybox-static dnsmasq-base
 # Only `make bench` needs these: Mininet (the peer bring-up is compared with) and brctl,
-# which its Linux-bridge switch uses; without recommends, so no Open vSwitch daemon.
-BENCH_APT_PACKAGES := mininet bridge-utils
+# which its Linux-bridge switch uses; without recommends, so no Open vSwitch daemon. gcc
+# and libc6-dev: bench/connections.py compiles its C baseline (bench/epoll_connect.c).
+BENCH_APT_PACKAGES := mininet bridge-utils gcc libc6-dev
 PYTEST_ARGS ?=
 
 # Installing prints one line per step; apt's and pip's own output goes to $(LOG), whose
@@ -109,7 +110,7 @@ integration: install
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 bench-deps:
-	$(call apt_install,$(BENCH_APT_PACKAGES),--no-install-recommends,Mininet for the benchmarks to compare with)
+	$(call apt_install,$(BENCH_APT_PACKAGES),--no-install-recommends,Mininet and a C compiler for the benchmarks to compare with)
 
 bench: install bench-deps
 	$(BIN)/python bench/report.py
