@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # pathlib costs agents ~10 ms of start-up; only build_zipapp 
 __all__ = ["AGENT_NAME", "PROTOCOL_VERSION", "ZIPAPP_NAME", "build_zipapp"]
 
 ZIPAPP_NAME = f"{AGENT_NAME}-v{PROTOCOL_VERSION}.pyz"
-_NOT_SHIPPED = frozenset({"forkserver.py", "reaper.py"})  # the controller's, never in a host
 
 _ZIP_MAIN = """\
 import sys
@@ -47,9 +46,8 @@ def build_zipapp(dest: pathlib.Path) -> pathlib.Path:
     with tempfile.TemporaryDirectory(prefix="nh-zipapp-") as tmp:
         root = pathlib.Path(tmp) / "src"
         (root / "hostagent").mkdir(parents=True)
-        for source in sorted(package.glob("*.py")):
-            if source.name not in _NOT_SHIPPED:
-                shutil.copyfile(source, root / "hostagent" / source.name)
+        for source in sorted(package.glob("*.py")):  # ssh machines run the fork server too
+            shutil.copyfile(source, root / "hostagent" / source.name)
         (root / "__main__.py").write_text(_ZIP_MAIN, encoding="utf-8")
         partial = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:

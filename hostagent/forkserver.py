@@ -1,9 +1,11 @@
 """Fork server: starts agents and commands inside network namespaces in about a millisecond.
 
-Used by the netns backend only; standard library only. The controller starts one per lab
-and talks to it over a SOCK_SEQPACKET socket (one JSON message per packet, file
+Standard library only. The netns and docker backends' controller starts one per lab and
+talks to it over a SOCK_SEQPACKET socket (one JSON message per packet, file
 descriptors passed with SCM_RIGHTS). Forking this small, already-imported process and
-entering the namespace is ~20x cheaper than starting a Python interpreter per host.
+entering the namespace is ~20x cheaper than starting a Python interpreter per host. The
+ssh backend runs the same server on each machine, behind hostagent.remote (which turns
+its file descriptors into frames over the SSH session); there "netns" is empty.
 
 It is also the lab's reaper. Every child gets PR_SET_PDEATHSIG, so nothing it started
 outlives it. At start it forks a sentinel, a process in its own session that waits on a
@@ -20,7 +22,8 @@ Messages, controller -> server:
   {"op": "spawn", "seq": n, "netns": path, "argv": [...] | null, "env": {...} | null,
    "user": name | uid | null, "env_add": {...} | null, "cwd": path | null,
    "report": bool, "grace": seconds | null}
-      + fds [stdin, stdout, stderr]; argv null means run the host agent in the child.
+      + fds [stdin, stdout, stderr]; argv null means run the host agent in the child;
+      an empty netns, the server's own namespace.
       `env` replaces our environment, `env_add` adds to it (with HOME, USER and LOGNAME
       of `user` when one is given); `cwd` is entered after dropping to `user`.
       `report`: the reply waits for the exec, and a failed exec (or chdir, or an unknown
@@ -144,7 +147,8 @@ def _child(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         os.setsid()
-        _enter_netns(netns, own_mounts=argv is not None)
+        if netns:  # empty: where the server is (a machine of its own, over ssh)
+            _enter_netns(netns, own_mounts=argv is not None)
         for target, fd in enumerate(fds[:3]):
             os.dup2(fd, target)
         if report >= 0:
@@ -503,16 +507,20 @@ def main(argv: list[str]) -> int:
         return 2
     control = socket.socket(fileno=int(argv[1]))
     reap_plan = json.loads(argv[2]) if len(argv) > 2 else None
-    # Imported once here, not in every child, and before a child drops to a user who may
-    # not be able to read the interpreter's files: resource (agent limits) and the idna
-    # codec (socket calls with str addresses) are imported lazily by the stdlib otherwise.
+    preload()
+    ForkServer(control, reap_plan).serve()
+    return 0
+
+
+def preload() -> None:
+    """Import what children use once, here, not in every child, and before a child drops
+    to a user who may not be able to read the interpreter's files: resource (agent
+    limits) and the idna codec (socket calls with str addresses) are imported lazily by
+    the stdlib otherwise."""
     import encodings.idna  # noqa: F401
     import resource  # noqa: F401
 
     import hostagent.agent  # noqa: F401
-
-    ForkServer(control, reap_plan).serve()
-    return 0
 
 
 if __name__ == "__main__":

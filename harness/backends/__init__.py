@@ -57,11 +57,6 @@ def clean_recorded(lab_id: str, entries: list[dict[str, str]]) -> list[str]:
     return removed
 
 
-def enters_locally(name: str) -> bool:
-    """Whether hosts of this backend have a namespace on this machine (not ssh)."""
-    return backend_class(name).local_netns
-
-
 def recorded_backend(host: Mapping[str, Any]) -> str:
     """The backend of a host as a lab's ledger records it (older ledgers: netns only)."""
     return str(host.get("backend") or "netns")
@@ -85,7 +80,6 @@ __all__ = [
     "check_backend_name",
     "clean_recorded",
     "create_backend",
-    "enters_locally",
     "recorded_backend",
     "run_attached",
     "shell_argv",

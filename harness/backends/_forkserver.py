@@ -38,11 +38,10 @@ class ForkedProcess(FutureProcess):
         self._server.kill(self._pid, signal, group=True)
 
 
-class _ExecFailed(Exception):
+class _ExecFailed:
     """The fork server's child could not become the command (its report)."""
 
     def __init__(self, message: dict[str, Any]) -> None:
-        super().__init__(message.get("error"))
         self.stage = str(message.get("stage"))
         self.errno = str(message.get("errno"))
         self.detail = str(message.get("error"))
@@ -60,6 +59,21 @@ class _ExecFailed(Exception):
         return f"cannot start {command}: {self.detail}"
 
 
+def exec_failure(
+    reply: dict[str, Any],
+    argv: list[str],
+    cwd: str | None,
+    user: str | None,
+    host: str | None = None,
+) -> BackendError:
+    """A spawn's failure reply as the error to raise: ProcessFailed when the child said
+    why it could not become the command (a spawn with "report")."""
+    if "stage" in reply:
+        return ProcessFailed(_ExecFailed(reply).explain(argv, cwd, user), host=host)
+    code = getattr(errno, str(reply.get("errno")), None)
+    return BackendError(f"spawn failed: {reply.get('error')}", host=host, code=code)
+
+
 class ForkServerClient:
     """One fork server per lab; if we die, its sentinel reaps the lab.
 
@@ -68,15 +82,24 @@ class ForkServerClient:
     None for a lab that is not ours to clean (joined with `attach`).
     """
 
-    def __init__(self, reap: dict[str, Any] | None) -> None:
+    def __init__(self, reap: dict[str, Any] | None, name: str = "fork server") -> None:
         self._reap = reap
+        self._name = name  # in errors: what went away
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._seq = 0
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._children: dict[int, ForkedProcess] = {}
         self._early_exits: dict[int, int] = {}
         self.sentinel_pid: int | None = None  # the process that cleans up if we all die
+
+    @classmethod
+    def over(cls, sock: socket.socket, name: str) -> ForkServerClient:
+        """A client of a server that runs already (the ssh relay speaks this protocol),
+        over its connected SOCK_SEQPACKET socket; call from the loop's thread."""
+        client = cls(None, name)
+        client._adopt(sock)
+        return client
 
     @property
     def pid(self) -> int | None:
@@ -106,13 +129,16 @@ class ForkServerClient:
             raise
         finally:
             theirs.close()
-        ours.setblocking(False)
-        self._sock = ours
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+        self._adopt(ours)
+
+    def _adopt(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
     def _send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
         if self._sock is None:
-            raise BackendError("fork server is not running")
+            raise BackendError(f"{self._name} is not running")
         data = json.dumps(message).encode()
         ancillary = []
         if fds:
@@ -122,7 +148,7 @@ class ForkServerClient:
         try:
             self._sock.sendmsg([data], ancillary)
         except OSError as exc:
-            raise BackendError.from_os(exc, "fork server") from exc
+            raise BackendError.from_os(exc, self._name) from exc
         finally:
             self._sock.setblocking(False)
 
@@ -146,14 +172,9 @@ class ForkServerClient:
         user) raises ProcessFailed. `grace`: how long it gets between SIGTERM and SIGKILL
         if the fork server ends without us (a detached lab's `netharness down`).
         """
-        self._seq += 1
-        seq = self._seq
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pending[seq] = future
         user_process = env_add is not None or cwd is not None or grace is not None
-        message = {
+        message: dict[str, Any] = {
             "op": "spawn",
-            "seq": seq,
             "netns": netns_path,
             "argv": list(argv) if argv is not None else None,
             "env": env,
@@ -161,18 +182,27 @@ class ForkServerClient:
         }
         if user_process:
             message.update(env_add=dict(env_add or {}), cwd=cwd, report=True, grace=grace)
-        try:
-            self._send(message, stdio)
-            pid = await future
-        except _ExecFailed as exc:
-            raise ProcessFailed(exc.explain(list(argv or ()), cwd, user)) from None
-        finally:
-            self._pending.pop(seq, None)
+        reply = await self.request(message, stdio)
+        if "pid" not in reply:
+            raise exec_failure(reply, list(argv or ()), cwd, user)
+        pid = int(reply["pid"])
         process = ForkedProcess(self, pid)
         self._children[pid] = process
         if pid in self._early_exits:
             process._exited(self._early_exits.pop(pid))
         return process
+
+    async def request(self, message: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
+        """Send `message` (given a fresh "seq") with `fds`; the server's reply to it."""
+        self._seq += 1
+        seq = self._seq
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        try:
+            self._send({**message, "seq": seq}, fds)
+            return await future
+        finally:
+            self._pending.pop(seq, None)
 
     def commit(self) -> None:
         """Confirm a detach: from now on our going away is not the lab's end."""
@@ -208,7 +238,7 @@ class ForkServerClient:
             except OSError:
                 data = b""
             if not data:
-                self._lost("fork server exited")
+                self._lost(f"{self._name} exited")
                 return
             self._dispatch(json.loads(data))
 
@@ -225,15 +255,8 @@ class ForkServerClient:
                 child._exited(status)
             return
         future = self._pending.get(message.get("seq", -1))
-        if future is None or future.done():
-            return
-        if "pid" in message:
-            future.set_result(int(message["pid"]))
-        elif "stage" in message:
-            future.set_exception(_ExecFailed(message))
-        else:
-            code = getattr(errno, str(message.get("errno")), None)
-            future.set_exception(BackendError(f"spawn failed: {message.get('error')}", code=code))
+        if future is not None and not future.done():
+            future.set_result(message)
 
     def _lost(self, why: str) -> None:
         if self._sock is not None:

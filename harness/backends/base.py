@@ -93,9 +93,6 @@ class Backend(abc.ABC):
     #: Whether `HostHandle.netns_path` is a namespace on this machine that the controller
     #: may enter (firewall policy, nft). False for hosts that are other machines (ssh).
     local_netns: bool = True
-    #: Whether a lab of such hosts can outlive the command that made it (`netharness up`):
-    #: False when this process holds what keeps them (ssh connections).
-    detachable: bool = True
     #: Why its hosts cannot be made from a user namespace (rootless mode); empty if they can.
     needs_root: str = ""
 

@@ -1,127 +1,103 @@
 """The ssh backend: a host is an existing machine reached over SSH (paramiko).
 
-Nothing is created there but one private temporary directory (mkdtemp, 0700) holding the
-agent zipapp, uploaded by SFTP and checked by its SHA-256. Each agent runs as
-`python3 <dir>/agent.pyz` on its own session channel, whose stdio is pumped to the pipes
-`Backend.start` gets, so the agent exits when the channel closes. A "keeper" channel
-(`cat >/dev/null; rm -rf <dir>`) removes the directory when it closes: at teardown, or
-when the connection drops because the controller died.
+Three processes carry it, so that agents start in milliseconds and a lab outlives the
+command that brought it up (`netharness up`):
+
+- this backend, in the controller: it reads ~/.ssh/config, makes the TCP connection to
+  each machine (`SshOptions.connect`) and asks the relay for everything else;
+- the relay (_ssh_relay.py), a process the lab's fork server starts: it holds the SSH
+  connections, and looks to its clients like a fork server whose "netns" is a host name
+  (this backend's owner connection; later commands through the ledger's `ssh.sock`);
+- on each machine, the helper (hostagent.remote): the same fork server the netns
+  backend runs locally, reached through one SSH session, which forks every agent and
+  command there. Nothing else runs there, and only one private directory is made
+  (_ssh_machine.py); both go when the lab ends, the relay dies or the connection drops.
 
 The host has no network namespace on this machine: its handle's `netns_path` is empty,
-the fabric leaves it alone, and `harness.observe.diag` asks its agent for the kernel's sockets.
+the fabric leaves it alone, and `harness.observe.diag` asks its agent for the kernel's
+sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import itertools
+import errno
+import json
 import os
-import shlex
-import tempfile
-import threading
+import signal
+import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import paramiko
-
-from harness.backends.base import AGENT, Backend, HostHandle, Process, Stdio
+from harness.backends._forkserver import ForkedProcess, ForkServerClient, exec_failure
+from harness.backends.base import AGENT, STOP_GRACE, Backend, HostHandle, Process, Stdio
 from harness.core import _ssh
+from harness.core import ledger as _ledger
 from harness.core._ssh import SshOptions
-from harness.errors import BackendError
+from harness.errors import BackendError, HostKeyRefused, LabNotFound, ProcessFailed
 from harness.topology import Host
 
 __all__ = ["SshBackend", "SshOptions"]
 
-AGENT_FILE = "agent.pyz"
-MIN_PYTHON = (3, 9)
-# Import the whole agent from the zipapp first, then drop to `user` if asked: the
-# directory is private to the login user, and nothing is read from it afterwards.
-# The stdlib's lazy imports (idna codec, resource) are done first too, as the netns
-# backend's fork server does: the interpreter's own files may not be readable by `user`.
-_LAUNCH = (
-    "import os, pwd, sys; sys.path.insert(0, sys.argv[1]); import hostagent.agent as a\n"
-    "import encodings.idna, resource\n"
-    "if sys.argv[2]:\n"
-    "    u = pwd.getpwuid(int(sys.argv[2])) if sys.argv[2].isdigit() "
-    "else pwd.getpwnam(sys.argv[2])\n"
-    "    os.setgroups([]); os.setgid(u.pw_gid); os.setuid(u.pw_uid)\n"
-    "sys.exit(a.serve(0, 1))"
-)
-_MKDTEMP = (
-    "import sys, tempfile\n"
-    "if sys.version_info < {v}: sys.exit('python ' + sys.version.split()[0] + ' < {t}')\n"
-    "print(tempfile.mkdtemp(prefix='netharness-'))"
-).format(v=MIN_PYTHON, t=".".join(map(str, MIN_PYTHON)))
-_SHA256 = "import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], 'rb').read()).hexdigest())"
+RELAY_SOCKET = "ssh.sock"  # _ssh_relay.SOCKET_NAME (not imported: it loads paramiko)
+RELAY_GRACE = 10.0  # between SIGTERM and SIGKILL: machines end their processes in ~1 s
+RELAY = "ssh relay"
 
 
 @dataclass
-class _Remote:
-    """One machine: its connections (sshd allows MaxSessions channels on each, 10 by
-    default, so more agents mean more connections), the private directory, its keeper."""
+class _Relay:
+    """The lab's relay, as its owner has it."""
 
-    host: Host
-    options: SshOptions
-    clients: list[paramiko.SSHClient]
-    directory: str
-    keeper: paramiko.Channel
-    lock: threading.Lock
-
-    def open_session(self) -> paramiko.Channel:
-        with self.lock:
-            for client in reversed(self.clients):
-                transport = client.get_transport()
-                if transport is None or not transport.is_active():
-                    continue
-                try:
-                    return transport.open_session(timeout=30)
-                except paramiko.ChannelException:
-                    continue  # this connection has all the sessions sshd allows
-                except paramiko.SSHException as exc:
-                    message = f"cannot open an ssh channel: {exc}"
-                    raise BackendError(message, host=self.host.name) from None
-            assert self.host.ssh is not None
-            client = _ssh.open_client(self.host.name, self.host.ssh, self.options)
-            self.clients.append(client)
-            return _open_session(client, self.host.name)
+    client: ForkServerClient
+    process: ForkedProcess  # a child of the lab's fork server
+    path: str  # where later commands reach it
 
 
 class SshBackend(Backend):
     name = "ssh"
-
-    def __init__(self, lab_id: str, options: SshOptions | None = None) -> None:
-        self._lab_id = lab_id
-        self._options = options or SshOptions()
-        self._remotes: dict[str, _Remote] = {}
-        self._zipapp: tuple[Path, str] | None = None  # local file, its sha256
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
-        self._lock = asyncio.Lock()
-        self._ids = itertools.count(1)
-
     local_netns = False  # another machine: nothing of it to enter from here
-    detachable = False  # driven over this process's connections
+
+    def __init__(
+        self, lab_id: str, forkserver: ForkServerClient, options: SshOptions | None = None
+    ) -> None:
+        self._lab_id = lab_id
+        self._forkserver = forkserver  # the lab's: it starts the relay
+        self._options = options or SshOptions()
+        self._relay: _Relay | None = None
+        self._made: set[str] = set()  # hosts this backend connected (the lab is ours)
+        self._joined: dict[str, ForkServerClient] = {}  # relay path -> a later command's
+        self._lock = asyncio.Lock()
 
     @classmethod
     def for_lab(cls, **kwargs: Any) -> SshBackend:
-        return cls(kwargs["lab_id"], kwargs.get("ssh_options"))
+        return cls(kwargs["lab_id"], kwargs["forkserver"], kwargs.get("ssh_options"))
 
     async def create(self, host: Host) -> HostHandle:
         if host.ssh is None:
             raise BackendError("an ssh host needs an `ssh:` block", host=host.name)
-        zipapp = await self._agent_zipapp()
-        remote = await asyncio.to_thread(self._prepare, host, zipapp)
-        self._remotes[host.name] = remote
+        route = _ssh.route(host.name, host.ssh, self._options)
+        relay = await self._own_relay()
+        sock = await asyncio.to_thread(_ssh.first_socket, host.name, route, self._options)
+        try:
+            message = {"op": "connect", "host": host.name, "route": route.to_json()}
+            reply = await relay.client.request(message, [sock.fileno()])
+        finally:
+            sock.close()  # the relay has its own copy
+        if "dir" not in reply:
+            raise _relayed_error(reply, host.name)
+        self._made.add(host.name)
         return HostHandle(
             name=host.name,
             netns_path="",
             backend=self.name,
             details={
-                "address": _ssh.known_hosts_name(host.ssh.address, host.ssh.port),
-                "dir": remote.directory,
+                "host": host.name,
+                "address": _ssh.known_hosts_name(route.target.address, route.target.port),
+                "dir": str(reply["dir"]),
+                "relay": relay.path,
             },
         )
 
@@ -134,225 +110,148 @@ class SshBackend(Backend):
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> Process:
-        remote = self._remotes.get(handle.name)
-        if remote is None:
-            raise BackendError("not connected (the lab is going down)", host=handle.name)
-        if argv is AGENT:
-            agent = shlex.quote(f"{remote.directory}/{AGENT_FILE}")
-            command = f"exec python3 -c {shlex.quote(_LAUNCH)} {agent} {shlex.quote(user or '')}"
-        elif user is not None:
-            raise BackendError("commands run as the login user on ssh hosts", host=handle.name)
+        relay = await self._relay_for(handle)
+        command = None if argv is AGENT else list(argv)
+        fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+        if env is None and cwd is None:
+            return await relay.spawn(handle.name, command, fds, user=user)
+        # A user's process: it starts in the login's home unless told, and gets its
+        # grace between SIGTERM and SIGKILL when the lab ends without us.
+        return await relay.spawn(
+            handle.name, command, fds, user=user, env_add=env or {}, cwd=cwd, grace=STOP_GRACE
+        )
+
+    def signal_group(self, handle: HostHandle, process: Process, sig: int) -> None:
+        if isinstance(process, ForkedProcess):
+            process.kill_group(sig)
         else:
-            command = _user_command(list(argv), env, cwd)
-        channel = await asyncio.to_thread(remote.open_session)
-        try:
-            channel.exec_command(command)
-        except BaseException:
-            channel.close()
-            raise
-        return _ChannelProcess(next(self._ids), channel, stdio, asyncio.get_running_loop())
+            process.kill(sig)
+
+    @classmethod
+    def run_attached(cls, host: dict[str, Any], argv: list[str], env: dict[str, str]) -> int:
+        # There, with the login's environment and only netharness's variables added.
+        own = {k: v for k, v in env.items() if k.startswith("NETHARNESS_") or k == "PS1"}
+        details = host.get("details") or {}
+        return run_attached(str(details.get("relay")), str(details.get("host")), argv, own)
+
+    @classmethod
+    def shell_argv(cls, env: Mapping[str, str]) -> list[str]:
+        return ["/bin/sh", "-i"]  # the machine's shell, whatever ours is
 
     async def close(self) -> None:
-        remotes = list(self._remotes.values())
-        self._remotes.clear()
+        joined, self._joined = list(self._joined.values()), {}
+        for client in joined:
+            await client.close(orderly=True)  # what this command started there ends
+        relay, self._relay = self._relay, None
+        if relay is None:
+            return
+        await relay.client.close(orderly=True)  # from the owner: the lab's machines end
         try:
-            await asyncio.gather(*(asyncio.to_thread(_close_remote, r) for r in remotes))
-        finally:
-            if self._scratch is not None:
-                self._scratch.cleanup()
-                self._scratch = None
+            await asyncio.wait_for(relay.process.wait(), RELAY_GRACE)
+        except TimeoutError:
+            relay.process.kill_group(signal.SIGKILL)
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _agent_zipapp(self) -> tuple[Path, str]:
-        async with self._lock:  # one build for every host of the lab
-            if self._zipapp is None:
-                from hostagent import build_zipapp
+    async def _own_relay(self) -> _Relay:
+        async with self._lock:  # one relay for every host of the lab
+            if self._relay is None:
+                self._relay = await self._start_relay()
+            return self._relay
 
-                self._scratch = tempfile.TemporaryDirectory(prefix=f"nh-{self._lab_id}-ssh-")
-                path = await asyncio.to_thread(build_zipapp, Path(self._scratch.name))
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                self._zipapp = (path, digest)
-            return self._zipapp
-
-    def _prepare(self, host: Host, zipapp: tuple[Path, str]) -> _Remote:
-        """Connect, make the private directory, upload and check the agent (blocking)."""
-        assert host.ssh is not None
-        client = _ssh.open_client(host.name, host.ssh, self._options)
+    async def _start_relay(self) -> _Relay:
+        ledger = _ledger.Ledger(self._lab_id).dir
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        appending = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        log = os.open(ledger / "logs" / "ssh.log", appending, 0o600)
         try:
-            status, out, err = _ssh.run(client, host.name, f"python3 -c {shlex.quote(_MKDTEMP)}")
-            if status == 127:
-                raise BackendError(
-                    "python3 is not installed there; the agent needs python3 "
-                    f"{'.'.join(map(str, MIN_PYTHON))} or newer (e.g. `apt-get install "
-                    "python3-minimal`)",
-                    host=host.name,
-                )
-            if status != 0 or not out.strip().startswith("/"):
-                raise BackendError(
-                    f"cannot make a temporary directory with python3: {err.strip() or out}",
-                    host=host.name,
-                )
-            directory = out.strip()
-            keeper = _keeper(client, directory, host.name)
-            try:
-                _upload(client, zipapp, directory, host.name)
-            except BaseException:
-                keeper.close()
-                raise
-            return _Remote(host, self._options, [client], directory, keeper, threading.Lock())
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            client.close()  # the keeper goes with the connection, and the directory with it
-            raise BackendError(f"delivering the agent failed: {exc}", host=host.name) from None
+            process = await self._forkserver.spawn(
+                "",
+                [sys.executable, "-m", "harness.backends._ssh_relay", str(ledger)],
+                (theirs.fileno(), null, log),
+                env_add={},
+                cwd=os.getcwd(),  # where `python -m` finds harness, as the fork server does
+                grace=RELAY_GRACE,
+            )
         except BaseException:
-            client.close()
+            ours.close()
             raise
-
-
-def _user_command(argv: list[str], env: Mapping[str, str] | None, cwd: str | None) -> str:
-    """The shell line for a command: in `cwd` (the login directory if None), with `env`
-    added to the login environment; `exec` so the command is the channel's process."""
-    line = shlex.join(argv)
-    if env:
-        line = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " " + line
-    line = "exec " + line
-    if cwd is not None:
-        line = f"cd {shlex.quote(cwd)} && {line}"
-    return line
-
-
-def _keeper(client: paramiko.SSHClient, directory: str, host: str) -> paramiko.Channel:
-    """A channel whose end (EOF, or the connection dropping) removes `directory`."""
-    channel = _open_session(client, host)
-    quoted = shlex.quote(directory)
-    channel.exec_command(f"cat >/dev/null; rm -rf -- {quoted}")
-    return channel
-
-
-def _upload(
-    client: paramiko.SSHClient, zipapp: tuple[Path, str], directory: str, host: str
-) -> None:
-    path, digest = zipapp
-    target = f"{directory}/{AGENT_FILE}"
-    with client.open_sftp() as sftp:
-        sftp.put(str(path), target)
-        sftp.chmod(target, 0o600)
-    check = f"python3 -c {shlex.quote(_SHA256)} {shlex.quote(target)}"
-    status, out, err = _ssh.run(client, host, check)
-    if status != 0 or out.strip() != digest:
-        raise BackendError(
-            f"the agent uploaded to {target} does not match (sha256 {out.strip() or err.strip()}"
-            f", expected {digest}); is the disk full?",
-            host=host,
-        )
-
-
-def _open_session(client: paramiko.SSHClient, host: str) -> paramiko.Channel:
-    transport = client.get_transport()
-    if transport is None or not transport.is_active():
-        raise BackendError("the ssh connection is closed", host=host)
-    try:
-        return transport.open_session(timeout=30)
-    except paramiko.SSHException as exc:
-        raise BackendError(f"cannot open an ssh channel: {exc}", host=host) from None
-
-
-def _close_remote(remote: _Remote) -> None:
-    """End the keeper (the directory goes with it), then the connection."""
-    try:
-        if not remote.keeper.closed:
-            remote.keeper.shutdown_write()
-            remote.keeper.status_event.wait(30)  # its `rm -rf` has run (or it is gone)
-    except (OSError, paramiko.SSHException, EOFError):
-        pass  # the connection is gone; the keeper's end removes the directory anyway
-    finally:
-        remote.keeper.close()
-        for client in remote.clients:
-            client.close()
-
-
-class _ChannelProcess:
-    """A remote process on a session channel, its stdio pumped to local pipe fds.
-
-    Three threads per process: stdin → channel (EOF closes the channel's write side),
-    channel → stdout, channel stderr → stderr. The local fds are our own copies, closed
-    when each pump ends, so readers see EOF when the remote process ends.
-    """
-
-    def __init__(
-        self,
-        number: int,
-        channel: paramiko.Channel,
-        stdio: Stdio,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        self._number = number
-        self._channel = channel
-        self._returncode: int | None = None
-        self._done = asyncio.Event()
-        self._loop = loop
-        fds = [os.dup(stdio.stdin), os.dup(stdio.stdout), os.dup(stdio.stderr)]
-        pumps = [
-            threading.Thread(target=self._feed, args=(fds[0],), daemon=True),
-            threading.Thread(target=self._drain, args=(fds[1], channel.recv), daemon=True),
-            threading.Thread(target=self._drain, args=(fds[2], channel.recv_stderr), daemon=True),
-        ]
-        self._outputs = pumps[1:]
-        for pump in pumps:
-            pump.start()
-        threading.Thread(target=self._reap, daemon=True).start()
-
-    @property
-    def pid(self) -> int:
-        return self._number  # the remote pid is the agent's (its hello); this is ours
-
-    @property
-    def returncode(self) -> int | None:
-        return self._returncode
-
-    async def wait(self) -> int:
-        await self._done.wait()
-        assert self._returncode is not None
-        return self._returncode
-
-    def kill(self, signal: int) -> None:
-        # SSH has no reliable signal delivery; closing the channel ends an agent (EOF).
-        self._channel.close()
-
-    def _feed(self, fd: int) -> None:
-        try:
-            while chunk := os.read(fd, 65536):
-                self._channel.sendall(chunk)
-            self._channel.shutdown_write()
-        except (OSError, paramiko.SSHException, EOFError):
-            pass  # the channel is gone: nobody reads any more
         finally:
-            os.close(fd)
+            theirs.close()
+            os.close(null)
+            os.close(log)
+        return _Relay(ForkServerClient.over(ours, RELAY), process, str(ledger / RELAY_SOCKET))
 
-    def _drain(self, fd: int, recv: Any) -> None:
-        try:
-            while chunk := recv(65536):
-                _write_all(fd, chunk)
-        except (OSError, paramiko.SSHException, EOFError):
-            pass  # our reader went away, or the channel did
-        finally:
-            os.close(fd)
-
-    def _reap(self) -> None:
-        status = self._channel.recv_exit_status()  # -1: closed without a status
-        for pump in self._outputs:
-            pump.join()
-        self._channel.close()
-        code = status if status >= 0 else -9
-        with contextlib.suppress(RuntimeError):  # the lab's loop has ended: nobody waits
-            self._loop.call_soon_threadsafe(self._finish, code)
-
-    def _finish(self, code: int) -> None:
-        self._returncode = code
-        self._done.set()
+    async def _relay_for(self, handle: HostHandle) -> ForkServerClient:
+        if handle.name in self._made and self._relay is not None:
+            return self._relay.client
+        path = handle.details.get("relay", "")
+        if path not in self._joined:  # a lab another process owns: join its relay
+            sock = _join_relay(path, handle.name)
+            self._joined[path] = ForkServerClient.over(sock, RELAY)
+        return self._joined[path]
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _relayed_error(reply: dict[str, Any], host: str) -> BackendError:
+    """The relay's error, rebuilt: the same class and text as where it was raised."""
+    if "kind" not in reply:  # not the relay's answer to us: it went away meanwhile
+        return BackendError(f"connecting failed: {reply.get('error')}", host=host)
+    cls = HostKeyRefused if reply["kind"] == "HostKeyRefused" else BackendError
+    error = cls(str(reply["error"]), host=reply.get("host"))
+    error.code = reply.get("code")
+    return error
+
+
+def _join_relay(path: str, host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
+            raise LabNotFound(
+                f"host {host}: the lab's ssh relay ({path}) is gone: the lab is going down"
+            ) from None
+        raise BackendError.from_os(exc, f"cannot reach the ssh relay {path}", host=host) from None
+    return sock
+
+
+def run_attached(path: str, host: str, argv: list[str], env: dict[str, str]) -> int:
+    """Run `argv` on ssh host `host` of a running lab, on this process's stdio, through
+    the lab's relay (`netharness exec`, `shell`); its exit status. Ctrl-C is sent on."""
+    with contextlib.closing(_join_relay(path, host)) as sock:
+        request = {
+            "op": "spawn",
+            "seq": 1,
+            "netns": host,
+            "argv": argv,
+            "env_add": env,
+            "report": True,
+            "grace": STOP_GRACE,
+        }
+        _send(sock, request, [0, 1, 2])
+        reply = _receive(sock)
+        if "pid" not in reply:
+            raise exec_failure(reply, argv, None, None, host)
+        while True:
+            try:
+                message = _receive(sock)
+            except KeyboardInterrupt:
+                kill = {"op": "kill", "pid": reply["pid"], "signal": signal.SIGINT, "group": True}
+                _send(sock, kill, [])
+                continue
+            if "exited" in message:
+                return int(message["status"])
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    socket.send_fds(sock, [json.dumps(message).encode()], fds)
+
+
+def _receive(sock: socket.socket) -> dict[str, Any]:
+    data = sock.recv(65536)
+    if not data:
+        raise ProcessFailed("the lab's ssh relay went away (the lab is going down)")
+    message: dict[str, Any] = json.loads(data)
+    return message

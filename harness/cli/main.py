@@ -117,16 +117,9 @@ def validate(files: tuple[Path, ...]) -> None:
 @lab_options
 def up(topology: Path, json_out: bool) -> None:
     """Bring a lab up and leave it running; prints its id and hosts."""
-    from harness.backends import backend_class
     from harness.topology import load_topology
 
     loaded = load_topology(topology)
-    remote = [h.name for h in loaded.hosts.values() if not backend_class(h.backend).detachable]
-    if remote:  # driven over this process's ssh connections: nothing could keep them
-        raise UsageError(
-            f"{topology}: hosts {', '.join(remote)} are ssh hosts, and a lab with ssh hosts "
-            "lives only as long as its command; use `netharness suite` or `check` on the file"
-        )
     with progress_shown(len(loaded.hosts)) as callback:
         lab = bring_up(loaded, callback)
     try:
@@ -163,7 +156,8 @@ def _announce_up(lab: Lab, owner: int, json_out: bool) -> None:
     table = Table("host", "namespace", "addresses", box=None, pad_edge=False)
     for name, host in list(hosts.items())[:SHOWN_HOSTS]:
         addrs = "  ".join(f"{net}: {', '.join(a)}" for net, a in host["addresses"].items())
-        table.add_row(name, host["netns"], addrs)
+        where = host["netns"] or f"ssh {host['details'].get('address', '')}"  # a machine
+        table.add_row(name, where, addrs)
     if len(hosts) > SHOWN_HOSTS:
         table.add_row(f"… {len(hosts) - SHOWN_HOSTS} more", "", "(netharness up --json)")
     out.print(table)

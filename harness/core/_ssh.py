@@ -11,6 +11,11 @@ may be a `Host` alias, whose HostName, User, Port, IdentityFile and ProxyJump ap
 unless the topology says otherwise (its `user`, `key`, and a `port` other than 22).
 ProxyJump hops are connected in turn, each checked like the target, and the target is
 reached through a direct-tcpip channel of the last one.
+
+The work is split between two processes. The controller reads the config into a `Route`
+(plain data) and makes the TCP connection to its first machine (`first_socket`, through
+`SshOptions.connect`); the ssh relay, which holds the lab's connections, gets both and
+logs in (`login`).
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ import os
 import shlex
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import paramiko
 
 from harness.errors import BackendError, HostKeyRefused
-from harness.topology import SshTarget
+
+if TYPE_CHECKING:  # the ssh relay logs in without the topology model (pydantic, ~0.1 s)
+    from harness.topology import SshTarget
 
 SYSTEM_KNOWN_HOSTS = "~/.ssh/known_hosts"
 Connector = Callable[[str, int, float], socket.socket]
@@ -65,6 +72,63 @@ class Endpoint:
     def name(self) -> str:
         """How known_hosts names it."""
         return known_hosts_name(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Everything a login needs, as plain data: made here from the topology, ~/.ssh/config
+    and SshOptions, carried to the ssh relay as JSON (`to_json`, `from_json`)."""
+
+    hops: tuple[Endpoint, ...]
+    target: Endpoint
+    known_hosts: str | None  # the topology's file, besides ~/.ssh/known_hosts
+    save_to: str  # where a key accepted with save_new goes
+    trust_new: bool
+    save_new: bool
+    timeout: float
+
+    @property
+    def first(self) -> Endpoint:
+        """The machine the TCP connection goes to: the first hop, or the target."""
+        return self.hops[0] if self.hops else self.target
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Route:
+        def endpoint(raw: dict[str, Any]) -> Endpoint:
+            return Endpoint(**{**raw, "key_files": tuple(raw["key_files"])})
+
+        return cls(
+            **{
+                **data,
+                "hops": tuple(endpoint(h) for h in data["hops"]),
+                "target": endpoint(data["target"]),
+            }
+        )
+
+
+def route(host: str, target: SshTarget, options: SshOptions) -> Route:
+    """How to reach and log in to `target`, with ~/.ssh/config read now; a missing
+    known_hosts file is refused here, before any connection is made."""
+    known_hosts = target.known_hosts_file
+    if known_hosts is not None and not os.path.exists(known_hosts):
+        raise HostKeyRefused(
+            f"known_hosts file {known_hosts} does not exist; create it with the machine's "
+            "key (see `netharness` README, Running against real machines)",
+            host=host,
+        )
+    hops, endpoint = resolve(target, options.config_file)
+    return Route(
+        hops=tuple(hops),
+        target=endpoint,
+        known_hosts=target.known_hosts_file,
+        save_to=target.known_hosts_file or os.path.expanduser(SYSTEM_KNOWN_HOSTS),
+        trust_new=options.trust_new_host_keys,
+        save_new=options.save_host_keys,
+        timeout=options.timeout,
+    )
 
 
 def resolve(target: SshTarget, config_file: str | None) -> tuple[list[Endpoint], Endpoint]:
@@ -161,35 +225,47 @@ class _Refused(Exception):
 
 
 class _Policy(paramiko.MissingHostKeyPolicy):
-    def __init__(self, options: SshOptions, save_to: str) -> None:
-        self._options = options
-        self._save_to = save_to
+    def __init__(self, route: Route) -> None:
+        self._route = route
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: Any) -> None:
-        if not self._options.trust_new_host_keys:
+        if not self._route.trust_new:
             raise _Refused(key)
-        if self._options.save_host_keys:
+        if self._route.save_new:
             # One line appended, as `ssh` does: the rest of the file is left alone.
-            os.makedirs(os.path.dirname(self._save_to) or ".", mode=0o700, exist_ok=True)
-            with open(self._save_to, "a", encoding="ascii") as file:
+            save_to = self._route.save_to
+            os.makedirs(os.path.dirname(save_to) or ".", mode=0o700, exist_ok=True)
+            with open(save_to, "a", encoding="ascii") as file:
                 file.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
 def open_client(host: str, target: SshTarget, options: SshOptions) -> paramiko.SSHClient:
     """Connect and authenticate to `target` (through its ProxyJump hops, if
     ~/.ssh/config names some); BackendError with the reason and the fix."""
-    hops, endpoint = resolve(target, options.config_file)
+    way = route(host, target, options)
+    return login(host, way, first_socket(host, way, options))
+
+
+def first_socket(host: str, route: Route, options: SshOptions) -> socket.socket:
+    """The TCP connection to the route's first machine, made with `options.connect`."""
+    return _connect(host, route.first, options)
+
+
+def login(host: str, route: Route, sock: socket.socket) -> paramiko.SSHClient:
+    """Log in over `sock` (the connection to `route.first`): each hop, then the target
+    through the last hop's direct-tcpip channel. `sock` is the client's from here on."""
     client = _Chained()
     try:
-        sock: Any = _connect(host, hops[0] if hops else endpoint, options)
-        for index, hop in enumerate(hops):
-            via = _login(host, hop, sock, target, options)
+        via_sock: Any = sock
+        for index, hop in enumerate(route.hops):
+            via = _login(host, hop, via_sock, route)
             client.hops.append(via)
-            following = hops[index + 1] if index + 1 < len(hops) else endpoint
-            sock = _channel(host, via, hop, following, options.timeout)
-        _login(host, endpoint, sock, target, options, client)
+            following = route.hops[index + 1] if index + 1 < len(route.hops) else route.target
+            via_sock = _channel(host, via, hop, following, route.timeout)
+        _login(host, route.target, via_sock, route, client)
     except BaseException:
         client.close()
+        sock.close()  # closed already if a login got as far as the key exchange
         raise
     return client
 
@@ -198,8 +274,7 @@ def _login(
     host: str,
     endpoint: Endpoint,
     sock: Any,
-    target: SshTarget,
-    options: SshOptions,
+    route: Route,
     client: paramiko.SSHClient | None = None,
 ) -> paramiko.SSHClient:
     """Key exchange, host key check, then public-key authentication over `sock`."""
@@ -207,20 +282,12 @@ def _login(
     name = endpoint.name
     # paramiko takes a list of key files too (its stubs say one)
     key_files: Any = list(endpoint.key_files) or None
-    save_to = target.known_hosts_file or os.path.expanduser(SYSTEM_KNOWN_HOSTS)
     try:
         client.load_system_host_keys()  # ~/.ssh/known_hosts, never written back
-        known_hosts = target.known_hosts_file
-        if known_hosts is not None:
-            if not os.path.exists(known_hosts):
-                raise BackendError(
-                    f"known_hosts file {known_hosts} does not exist; create it with "
-                    f"the machine's key (see `netharness` README, Running against real "
-                    "machines)",
-                    host=host,
-                )
+        known_hosts = route.known_hosts
+        if known_hosts is not None:  # `route` made sure it exists
             client.get_host_keys().load(known_hosts)  # not remembered for saving
-        client.set_missing_host_key_policy(_Policy(options, save_to))
+        client.set_missing_host_key_policy(_Policy(route))
         try:
             client.connect(
                 endpoint.address,
@@ -228,14 +295,14 @@ def _login(
                 username=endpoint.user,
                 key_filename=key_files,
                 sock=sock,
-                timeout=options.timeout,
-                banner_timeout=options.timeout,
-                auth_timeout=options.timeout,
+                timeout=route.timeout,
+                banner_timeout=route.timeout,
+                auth_timeout=route.timeout,
                 allow_agent=True,
                 look_for_keys=endpoint.look_for_keys,
             )
         except _Refused as refused:
-            raise _unknown_key(host, name, refused.key, save_to) from None
+            raise _unknown_key(host, name, refused.key, route.save_to) from None
         except paramiko.BadHostKeyException as exc:
             raise _changed_key(host, name, exc, known_hosts) from None
         except paramiko.AuthenticationException as exc:

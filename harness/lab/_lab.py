@@ -26,7 +26,6 @@ from harness.backends import (
     backend_class,
     check_backend_name,
     create_backend,
-    enters_locally,
     recorded_backend,
 )
 from harness.backends._forkserver import ForkServerClient
@@ -385,14 +384,6 @@ class Lab:
         """
         if self._state != "up":
             raise UsageError(f"lab {self.id} is not up")
-        remote = [
-            n for n, h in self.hosts.items() if not self._backends[h.handle.backend].detachable
-        ]
-        if remote:
-            raise UsageError(
-                f"hosts {', '.join(remote)} are driven over ssh by this process, so the lab "
-                "cannot outlive it; run `netharness suite`/`check` on the topology instead"
-            )
         committed = False
         try:
             pid = self._runner.run(self._detach())
@@ -645,18 +636,16 @@ class Lab:
             for spec in self.topology.hosts.values():
                 info = record.info["hosts"][spec.name]
                 backend = recorded_backend(info)
-                if not enters_locally(backend):
-                    raise UsageError(
-                        f"lab {self.id} has {backend} hosts ({spec.name}): only the process "
-                        "that brought it up can drive them"
-                    )
                 if backend not in self._backends:
                     self._backends[backend] = create_backend(
                         backend, lab_id=self.id, forkserver=self._forkserver, record=refuse
                     )
+                netns_path = info.get("netns_path")  # "": a machine of its own (ssh)
+                if netns_path is None:  # older ledgers: netns hosts only
+                    netns_path = _netns.netns_path(info["netns"])
                 handle = HostHandle(
                     name=spec.name,
-                    netns_path=info.get("netns_path") or _netns.netns_path(info["netns"]),
+                    netns_path=netns_path,
                     backend=backend,
                     details=dict(info.get("details") or {}),
                 )
@@ -733,17 +722,19 @@ class Lab:
                 await _capture.stop(self._captures)
                 if self._fabric is not None:
                     await self._fabric.close()
-                if self._forkserver is not None:
-                    await self._forkserver.close(orderly=True)
                 try:
+                    # Before the fork server: what a backend started through it (the ssh
+                    # relay) ends in order, not by the fork server's SIGKILL.
+                    for backend in self._backends.values():
+                        await backend.close()
+                finally:
+                    if self._forkserver is not None:
+                        await self._forkserver.close(orderly=True)
                     record = _ledger.read_lab(self._ledger.dir)
                     if self._attached is None and record is not None and record.dir.exists():
                         await asyncio.to_thread(
                             _teardown.destroy_recorded, record, self._removal_progress
                         )
-                finally:
-                    for backend in self._backends.values():
-                        await backend.close()
 
     async def _detach(self) -> int:
         assert self._forkserver is not None

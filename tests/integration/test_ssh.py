@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -23,10 +24,11 @@ import pytest
 from harness import Lab
 from harness.checks import probe
 from harness.checks.suites import run_suite
-from harness.core import _netns
+from harness.core import _netns, ledger
 from harness.errors import BackendError, HostKeyRefused
 from harness.observe import diag
 from harness.topology import parse_topology
+from hostagent.owners import AGENT_COMM
 from tests.integration.sshd import ADDRESSES, SshdLab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,18 +53,30 @@ def remote_dirs(sshd: SshdLab) -> set[str]:
     return {str(p) for p in sshd.remote_tmp.glob("netharness-*")}
 
 
-def agents_in(sshd: SshdLab, name: str, directory: str) -> list[int]:
-    """Agent processes (python3 running the zipapp in `directory`) in machine `name`."""
+def left_on(sshd: SshdLab, name: str, directory: str) -> dict[int, str]:
+    """pid -> name of every process of ours on machine `name`: python3 running the zipapp
+    in `directory` (the helper, its fork server, agents), and what they started."""
     inode = os.stat(sshd.netns_of(name)).st_ino
-    found = []
+    found: dict[int, str] = {}
     for pid in _netns.pids_in({inode}):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
         if f"{directory}/agent.pyz".encode() in cmdline:
-            found.append(pid)
+            found[pid] = comm
     return found
+
+
+def agents_in(sshd: SshdLab, name: str, directory: str) -> list[int]:
+    """The agent processes of `directory`'s helper in machine `name`."""
+    return [pid for pid, comm in left_on(sshd, name, directory).items() if comm == AGENT_COMM]
+
+
+def parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_hosts_are_the_machines_with_no_namespace_here(lab: Lab, sshd: SshdLab) -> None:
@@ -76,8 +90,7 @@ def test_hosts_are_the_machines_with_no_namespace_here(lab: Lab, sshd: SshdLab) 
     info = a.host_agent.info()
     assert info.netns == f"net:[{os.stat(sshd.netns_of('a')).st_ino}]"  # in machine a
     result = a.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
-    assert (result.returncode, result.stdout) == (3, "out\n")
-    assert result.stderr.endswith("err\n")  # after the test sshd's own DEBUG lines
+    assert (result.returncode, result.stdout, result.stderr) == (3, "out\n", "err\n")
     assert a.sysctl("net.ipv4.ip_unprivileged_port_start") == "80"
 
 
@@ -193,9 +206,39 @@ lab = Lab.up(load_topology({topology!r}),
              backend_options={{"ssh_options": SshOptions(connect=connect_from({ctl!r}))}})
 for host in lab.hosts.values():
     host.agent()  # a second application on each machine
-print(json.dumps({{n: h.handle.details["dir"] for n, h in lab.hosts.items()}}), flush=True)
+dirs = {{n: h.handle.details["dir"] for n, h in lab.hosts.items()}}
+print(json.dumps({{"lab": lab.id, "dirs": dirs}}), flush=True)
 sys.stdin.read()
 """
+
+
+def relays_of(lab_id: str) -> list[int]:
+    """The ssh relay processes of a lab, on this machine."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"harness.backends._ssh_relay" in cmdline and any(
+            part.endswith(f"/{lab_id}".encode()) for part in cmdline
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_nothing_left(sshd: SshdLab, lab_id: str, dirs: dict[str, str]) -> None:
+    """Poll (the machines clean up on their own when a connection drops) for at most 20 s
+    until no process, no directory, no relay and no ledger of the lab are left."""
+    deadline = time.monotonic() + 20
+    while True:
+        left: dict[str, object] = {n: left_on(sshd, n, d) for n, d in dirs.items()}
+        left |= {d: Path(d).exists() for d in dirs.values()}
+        left |= {"relay": relays_of(lab_id), "ledger": (ledger.labs_dir() / lab_id).exists()}
+        if not any(left.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not any(left.values()), left
 
 
 def test_a_killed_controller_leaves_no_agent_and_no_directory(
@@ -214,22 +257,16 @@ def test_a_killed_controller_leaves_no_agent_and_no_directory(
     )
     try:
         assert controller.stdout is not None
-        dirs = json.loads(controller.stdout.readline())
+        said = json.loads(controller.stdout.readline())
+        dirs = said["dirs"]
         assert sorted(dirs) == ["a", "c"]
         for name, directory in dirs.items():
             assert Path(directory, "agent.pyz").exists()
             assert len(agents_in(sshd, name, directory)) == 2
+        assert len(relays_of(said["lab"])) == 1
         controller.send_signal(signal.SIGKILL)
         controller.wait(10)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            left = {n: agents_in(sshd, n, d) for n, d in dirs.items()} | {
-                d: Path(d).exists() for d in dirs.values()
-            }
-            if not any(left.values()):
-                break
-            time.sleep(0.1)
-        assert not any(left.values()), left
+        wait_until_nothing_left(sshd, said["lab"], dirs)
     finally:
         if controller.poll() is None:
             controller.kill()
@@ -326,3 +363,111 @@ def test_ssh_config_aliases_and_proxyjump(sshd: SshdLab, tmp_path: Path) -> None
         assert f"Connection from {ADDRESSES['a']} port" in connected, connected[-2000:]
         assert "Connection from 10.0.77.2 port" not in connected  # not straight from ctl
         assert "direct-tcpip" in _log_since(sshd, offsets, "a")
+
+
+def test_agents_and_commands_fork_from_one_helper_per_machine(lab: Lab, sshd: SshdLab) -> None:
+    a = lab.hosts["a"]
+    directory = a.handle.details["dir"]
+    offsets = _log_offsets(sshd)
+    took, pids = [], []
+    for _ in range(5):
+        started = time.perf_counter()
+        pids.append(a.agent().info().pid)  # started and answering
+        took.append(time.perf_counter() - started)
+    assert a.run(["true"]).returncode == 0
+    ours = left_on(sshd, "a", directory)
+    helpers = [pid for pid in ours if parent(pid) not in ours]  # sshd's session started it
+    assert len(helpers) == 1
+    servers = {parent(pid) for pid in pids}
+    assert len(servers) == 1  # every agent a fork of the one fork server,
+    assert parent(servers.pop()) == helpers[0]  # which the helper forked
+    # over the session the lab opened at bring-up: no new session for any of them
+    assert "ctype session" not in _log_since(sshd, offsets, "a")
+    # ~10 ms here; a python3 per agent took 400-900 ms: a generous bound that still tells
+    assert statistics.median(took) < 0.25, took
+
+
+def test_a_lab_that_ends_leaves_nothing_on_its_machines(sshd: SshdLab) -> None:
+    options = {"ssh_options": sshd.options()}
+    with Lab.up(sshd.topology(hosts=("c",)), backend_options=options) as running:
+        c = running.hosts["c"]
+        c.agent()
+        c.start("sleep 300", name="sleeper")
+        directory = c.handle.details["dir"]
+        ours = left_on(sshd, "c", directory)
+        assert sorted(ours.values()).count(AGENT_COMM) == 2
+        inode = os.stat(sshd.netns_of("c")).st_ino
+        sleepers = [p for p in _netns.pids_in({inode}) if parent(p) in ours and comm(p) == "sleep"]
+        assert len(sleepers) == 1
+        assert len(relays_of(running.id)) == 1
+    # Lab.down waited for each machine's helper and keeper: nothing to wait for here.
+    assert left_on(sshd, "c", directory) == {}
+    assert comm(sleepers[0]) is None
+    assert not Path(directory).exists()
+    assert relays_of(running.id) == []
+
+
+def comm(pid: int) -> str | None:
+    """The process's name, None if it is gone (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+    return None if rest.split()[0] == "Z" else name
+
+
+def cli(sshd: SshdLab, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """`netharness ARGS` in the lab's `ctl` network, where the machines are reachable."""
+    command = ["nsenter", f"--net={sshd.ctl_netns}", sys.executable, "-m", "harness", *args]
+    return subprocess.run(
+        command, input=stdin, capture_output=True, text=True, cwd=REPO, timeout=120, check=False
+    )
+
+
+def test_up_keeps_ssh_hosts_for_later_commands_and_down_removes_them(
+    sshd: SshdLab, tmp_path: Path
+) -> None:
+    path = tmp_path / "over-ssh.yaml"
+    path.write_text(sshd.topology(hosts=("a", "b", "c"), port=7443).text)  # 8443: the module's
+    up = cli(sshd, "up", str(path), "--json")
+    assert up.returncode == 0, up.stderr
+    lab_id = json.loads(up.stdout)["id"]
+    dirs = {n: h["details"]["dir"] for n, h in ledger.find_lab(lab_id).info["hosts"].items()}
+    try:
+        assert [row["id"] for row in json.loads(cli(sshd, "ls", "--json").stdout)].count(lab_id)
+        said = cli(
+            sshd, "exec", lab_id, "a", "--", "sh", "-c", 'echo "on $NETHARNESS_HOST"; exit 7'
+        )
+        assert (said.returncode, said.stdout) == (7, "on a\n")
+        echoed = cli(sshd, "exec", lab_id, "b", "--", "cat", stdin="from stdin\n")
+        assert (echoed.returncode, echoed.stdout) == (0, "from stdin\n")
+        checked = cli(sshd, "check", lab_id)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "5 expectations: 5 passed, 0 failed" in checked.stdout
+        suite = cli(sshd, "suite", "multiplexing", lab_id, "--server", "b", "--clients", "a,c")
+        assert suite.returncode == 0, suite.stdout + suite.stderr
+        # what those commands started ended with them; the lab's own agents are still there
+        assert {n: len(agents_in(sshd, n, d)) for n, d in dirs.items()} == {"a": 1, "b": 1, "c": 1}
+    finally:
+        down = cli(sshd, "down", lab_id)
+    assert down.returncode == 0, down.stderr
+    # `down` returns once the machines are clean: no waiting here either
+    assert {n: left_on(sshd, n, d) for n, d in dirs.items()} == {"a": {}, "b": {}, "c": {}}
+    assert [d for d in dirs.values() if Path(d).exists()] == []
+    assert relays_of(lab_id) == []
+
+
+def test_a_killed_owner_of_an_up_lab_leaves_nothing_on_its_machines(
+    sshd: SshdLab, tmp_path: Path
+) -> None:
+    path = tmp_path / "over-ssh.yaml"
+    path.write_text(sshd.topology(hosts=("a", "c")).text)
+    up = cli(sshd, "up", str(path), "--json")
+    assert up.returncode == 0, up.stderr
+    said = json.loads(up.stdout)
+    record = ledger.find_lab(said["id"])
+    dirs = {n: h["details"]["dir"] for n, h in record.info["hosts"].items()}
+    assert all(agents_in(sshd, n, d) for n, d in dirs.items())
+    os.kill(said["owner_pid"], signal.SIGKILL)  # the lab's fork server: its reaper acts
+    wait_until_nothing_left(sshd, said["id"], dirs)
