@@ -47,14 +47,17 @@ its two server agents 36% (accept, a socket record, a selector registration and 
 time, the controller 11% (decoding the events and the replies). Both sides weigh: with
 --split, the C client against the suite's server agents made 0.50-0.65 of the C pair's
 rate, and the suite's own clients take that down to 0.32-0.44. At 30,000 both methods
-are bound by the kernel's choice of ephemeral ports: 15,000 connections per client host
-to one destination, and each connect() walks the ports already taken
-(__inet_hash_connect and __inet_check_established: 62% of the C client's samples, 35%
-of the suite's); the suite also loses time to SYNs its server agents drop
-(ListenOverflows: about 240 a round, none with the C client against the same agents,
-whose CPU the suite's clients and controller then do not take). A round of the suite
-costs more than its TCP phase: at 30,000 about 20 s, most of it sock_diag dumps of
-every socket for the suite's accounts.
+are bound by the kernel's choice of ephemeral ports: connect() tries the even ports of
+ip_local_port_range first (14,116 in 32768-60999), each client host makes 15,000
+connections to one destination, and once the even ports are taken every connect()
+walks all of them before it takes an odd one (__inet_hash_connect and
+__inet_check_established: 62% of the C client's samples, 35% of the suite's). The C
+client made 66,000 conn/s at 28,000 connections (14,000 a host), 27,000 at 29,000 and
+15,000 at 30,000 in one run; a line says so when it applies. The suite also loses time
+to SYNs its server agents drop (ListenOverflows: about 240 a round, none with the C
+client against the same agents, whose CPU the suite's clients and controller then do
+not take). A round of the suite costs more than its TCP phase: at 30,000 about 20 s,
+most of it sock_diag dumps of every socket for the suite's accounts.
 """
 
 from __future__ import annotations
@@ -179,6 +182,23 @@ def drop_note(name: str, totals: Mapping[str, int]) -> str | None:
         f"  {name}: {again} SYNs or SYN-ACKs sent again (TCPSynRetrans): {why}; a dropped "
         "SYN is sent again after 1 s (TCP_TIMEOUT_INIT), so a round with one lasts at "
         "least 1 s past it"
+    )
+
+
+def port_note(hosts: str, per_host: int, port_range: str) -> str | None:
+    """Whether a client host's connections to one destination outnumber the even ports
+    of its ip_local_port_range ("LOW HIGH"): connect() tries those first (odd ones are
+    left to bind), so once they are all taken every further connect() walks all of them
+    before it takes an odd one, in the kernel, whoever calls it."""
+    low, high = map(int, port_range.split())
+    even = high // 2 - (low - 1) // 2
+    if per_host <= even:
+        return None
+    return (
+        f"  {hosts}: {per_host} connections each to one destination, more than "
+        f"the {even} even ports of its ip_local_port_range {low}-{high} that connect() "
+        f"tries first: each of the last {per_host - even} walks all of them in the kernel "
+        "(__inet_hash_connect), the C client's as much as the suite's"
     )
 
 
@@ -466,6 +486,15 @@ def measure(lab: Lab, binary: Path, n: int, rounds: int, split_servers: bool) ->
         f"  {time.perf_counter() - began:.0f} s for N = {n}; the suite's rounds "
         f"{spent[SUITE]:.0f} s, {measured:.1f} s of them its measured TCP phase"
     )
+    alike: dict[tuple[int, str], list[str]] = {}
+    for host in plan.targets:
+        made = sum(count for h, count in plan.shares if h == host)
+        port_range = lab.hosts[host].sysctl("net.ipv4.ip_local_port_range")
+        alike.setdefault((made, port_range), []).append(host)
+    for (made, port_range), hosts in alike.items():
+        note = port_note(", ".join(hosts), made, port_range)
+        if note:
+            print(note)
     print(f"  suite checks not passing: {'; '.join(not_passing) or 'none'}")
     met = ratio >= TARGET
     print(

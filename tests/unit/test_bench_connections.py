@@ -105,3 +105,19 @@ def test_rounds_default_to_5_and_3_above_10000_unless_given() -> None:
 def test_split_shares_the_total_as_evenly_as_it_goes() -> None:
     assert split(10, 4) == [3, 3, 2, 2]
     assert sum(split(30_001, 4)) == 30_001
+
+
+port_note = bench.port_note
+
+
+def test_connections_within_the_even_ports_need_no_port_note() -> None:
+    assert port_note("h1", 14_116, "32768 60999") is None
+
+
+def test_connections_beyond_the_even_ports_are_named_with_how_many_walk_them() -> None:
+    note = port_note("h1, h2", 15_000, "32768 60999")
+    assert note is not None
+    assert note.startswith("  h1, h2: 15000 connections each")
+    assert "the 14116 even ports" in note
+    assert "each of the last 884" in note
+    assert port_note("h1", 6, "40000 40009") is not None  # 5 even ports: 40000 ... 40008
