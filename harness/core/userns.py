@@ -55,7 +55,10 @@ def wanted() -> bool:
 
 
 def inside() -> bool:
-    """This process is already in a user namespace other than the initial one."""
+    """This process is root of a user namespace other than the initial one (ours, once
+    `enter` or `join` ran; or one it was started in, such as a rootless container's)."""
+    if os.geteuid() != 0:
+        return False  # e.g. an ordinary user inside a container: it needs its own
     try:
         with open("/proc/self/uid_map") as f:
             return " ".join(f.read().split()) != _IDENTITY_MAP
@@ -100,7 +103,7 @@ def enter() -> None:
     if inside():
         return
     _check_threads()
-    _prepare_run_dir()  # before: outside, the ledgers' directory must really exist
+    run_dir = Path(os.environ.get(RUN_DIR_ENV) or user_run_dir())  # named by our real uid
     uid, gid = os.getuid(), os.getgid()
     if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET) != 0:
         raise _unavailable(ctypes.get_errno())
@@ -108,6 +111,7 @@ def enter() -> None:
     _write("/proc/self/uid_map", f"0 {uid} 1")
     _write("/proc/self/gid_map", f"0 {gid} 1")
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    _prepare_run_dir(run_dir)  # before /run is ours: it may be under $XDG_RUNTIME_DIR
     _private_run()
     _loopback_up()
 
@@ -129,6 +133,7 @@ def join(owner_pid: int) -> None:
             "process can be in one only; attach to the running lab from another process"
         )
     _check_threads()
+    os.environ.setdefault(RUN_DIR_ENV, str(user_run_dir()))  # named by our real uid
     cwd = os.getcwd()
     for kind, flag in (("user", CLONE_NEWUSER), ("mnt", CLONE_NEWNS), ("net", CLONE_NEWNET)):
         fd = os.open(f"/proc/{owner_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
@@ -144,13 +149,12 @@ def join(owner_pid: int) -> None:
     os.chdir(cwd)  # setns(CLONE_NEWNS) moved us to the namespace's root
 
 
-def _prepare_run_dir() -> None:
-    path = Path(os.environ.get(RUN_DIR_ENV) or user_run_dir())
+def _prepare_run_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():  # 0: our own uid
         raise EnvironmentProblem(
-            f"{path} is not a directory of uid {os.getuid()}; remove it or set {RUN_DIR_ENV}"
+            f"{path} is not a directory of yours; remove it or set {RUN_DIR_ENV}"
         )
     os.environ[RUN_DIR_ENV] = str(path)  # the fork server and the sentinel inherit it
 
