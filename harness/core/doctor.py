@@ -10,6 +10,7 @@ when every finding it needs is present; `netharness doctor` exits 0 then, 3 othe
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -173,17 +174,27 @@ def examine(path: str | None = None) -> Report:
 
 def _privileges() -> list[Finding]:
     root = os.geteuid() == 0
+    namespaces = _user_namespaces()
+    if root:
+        status: Status = "ok"
+        detail = "running as root"
+    else:
+        status = namespaces.status
+        detail = f"running as uid {os.geteuid()}: labs run rootless, in a user namespace" + (
+            "" if status == "ok" else ", which this kernel refuses"
+        )
     return [
         Finding(
             "privileges",
             "root",
-            "ok" if root else "missing",
-            "running as root" if root else f"running as uid {os.geteuid()}",
+            status,
+            detail,
             True,
-            "every lab: namespaces, links and firewalls are made as root",
-            "run netharness as root (sudo)",
+            "every lab: namespaces, links and firewalls are made as root (of a user "
+            "namespace of netharness's own when not root: README 'Without root')",
+            "run netharness as root (sudo), or allow unprivileged user namespaces",
         ),
-        _user_namespaces(),
+        namespaces,
     ]
 
 
@@ -213,8 +224,38 @@ def _user_namespaces() -> Finding:
         "missing" if problems else "ok",
         detail,
         False,
-        "unprivileged user namespaces, which labs without root will stand on",
+        "unprivileged user namespaces, which labs without root stand on",
         "; ".join(fixes) or "-",
+    )
+
+
+def _probe_rootless(nft: str | None) -> _kernel_probe.Probed:
+    """The kernel probe as a rootless lab would meet it: in a child that entered a user
+    namespace of its own (the probe's namespaces go with the child)."""
+    from harness.core import userns
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one thread, so the kernel lets it move
+        os.close(read_end)
+        code = 1
+        try:
+            userns.enter()
+            probed = _kernel_probe.probe(nft, (UNPRIVILEGED_PORT_START,))
+            found = {k: [o.ok, o.detail] for k, o in probed.features.items()}
+            os.write(write_end, json.dumps([found, probed.sysctls]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read()
+    os.waitpid(pid, 0)
+    if not text:
+        return _kernel_probe.Probed()
+    features, sysctls = json.loads(text)
+    return _kernel_probe.Probed(
+        {k: _kernel_probe.Outcome(ok, detail) for k, (ok, detail) in features.items()}, sysctls
     )
 
 
@@ -234,12 +275,13 @@ def _tools(programs: dict[str, str | None]) -> list[Finding]:
 
 
 def _kernel(nft: str | None) -> list[Finding]:
-    if os.geteuid() != 0:
-        probed = _kernel_probe.Probed()
-        untested = "not tested: trying it needs root"
-    else:
+    untested = "not tested: nft is missing" if nft is None else "not tested: no namespace"
+    if os.geteuid() == 0:
         probed = _kernel_probe.probe(nft, (UNPRIVILEGED_PORT_START,))
-        untested = "not tested: nft is missing" if nft is None else "not tested: no namespace"
+    else:
+        probed = _probe_rootless(nft)
+        if not probed.features:
+            untested = "not tested: no user namespace to try it in"
     findings = []
     for name, (required, cost, fix) in KERNEL.items():
         outcome = probed.features.get(name)
