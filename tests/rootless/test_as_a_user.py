@@ -24,9 +24,10 @@ from tests.integration.rootns import snapshot
 from tests.rootless.user import User, throwaway_user
 
 # This project's tests the user runs: the lab, suites, probes/check, the pytest plugin,
-# and reliability (SIGKILL at random points, Ctrl-C, parallel labs, scoped clean). The
-# ports suite's own tests expect its checks as a second user to pass, which rootless they
-# cannot (README "Without root"); what it does rootless is tested here.
+# captures, faults, firewalls, diagnostics, and reliability (SIGKILL at random points,
+# Ctrl-C, parallel labs, scoped clean). The ports suite's own tests expect its checks as
+# a second user to pass, which rootless they cannot (README "Without root"); what it does
+# rootless is tested here.
 ROOTLESS_TESTS = [
     "tests/integration/test_lab.py",
     "tests/integration/test_suite_multiplexing.py",
@@ -35,6 +36,9 @@ ROOTLESS_TESTS = [
     "tests/integration/test_probe_cli.py",
     "tests/integration/test_plugin.py",
     "tests/integration/test_capture.py",
+    "tests/integration/test_faults.py",
+    "tests/integration/test_firewall.py",
+    "tests/integration/test_diag.py",
     "tests/reliability/test_reaping.py",
     "tests/reliability/test_interrupt.py",
     "tests/reliability/test_parallel.py",
@@ -161,7 +165,7 @@ def test_this_projects_lab_suite_probe_plugin_and_reliability_tests_pass(user: U
     assert result.returncode == 0, tail
     passed = re.search(r"(\d+) passed", result.stdout)
     assert passed, tail
-    assert int(passed.group(1)) >= 80, tail
+    assert int(passed.group(1)) >= 100, tail
     assert not re.search(r"\d+ (failed|error|skipped)", result.stdout), tail
 
 
