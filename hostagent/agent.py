@@ -60,6 +60,7 @@ READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 ACCEPT_BATCH = 64
 DATAGRAM_BATCH = 64
+WILDCARDS = ("0.0.0.0", "::")
 
 
 class HostAgent:
@@ -325,8 +326,11 @@ class HostAgent:
         echo: bool,
         server: bool,
         parent: int | None = None,
+        local: list[Any] | None = None,
     ) -> Sock:
-        s = Sock(self._next_id, sock, proto, kind, echo=echo, server=server, parent=parent)
+        s = Sock(
+            self._next_id, sock, proto, kind, echo=echo, server=server, parent=parent, local=local
+        )
         self._next_id += 1
         self.socks[s.id] = s
         s.handler = lambda mask: self._on_sock(s, mask)
@@ -392,6 +396,9 @@ class HostAgent:
 
     def _accept(self, s: Sock) -> None:
         assert s.sock is not None
+        # A listener bound to one address accepts on exactly that address and port: its
+        # own local endpoint is every accepted socket's, with no getsockname per socket.
+        local = None if s.local[0] in WILDCARDS else s.local
         for _ in range(ACCEPT_BATCH):
             try:
                 conn, _addr = s.sock.accept()
@@ -409,18 +416,21 @@ class HostAgent:
                 raise
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            child = self.add_sock(conn, s.proto, "stream", echo=s.echo, server=True, parent=s.id)
+            child = self.add_sock(
+                conn, s.proto, "stream", echo=s.echo, server=True, parent=s.id, local=local
+            )
             child.peer = endpoint(_addr)
             child.state = "connected"
-            self.emit(
-                {
-                    "event": "accepted",
-                    "listener": s.id,
-                    "sock": child.id,
-                    "local": child.local,
-                    "peer": child.peer,
-                }
-            )
+            if s.announce:
+                self.emit(
+                    {
+                        "event": "accepted",
+                        "listener": s.id,
+                        "sock": child.id,
+                        "local": child.local,
+                        "peer": child.peer,
+                    }
+                )
 
     def _resume(self, s: Sock) -> None:
         s.paused = False

@@ -6,6 +6,7 @@ Addresses are numeric only (resolving names would block the loop): "10.0.1.12",
 
 from __future__ import annotations
 
+import _socket
 import collections
 import socket
 import struct
@@ -26,6 +27,9 @@ CMSG_BUFFER = socket.CMSG_SPACE(64)
 READ_CAP = 4 << 20  # a stream socket stops reading when this much is unread (TCP backs off)
 WRITE_CAP = 4 << 20  # an echoing socket stops reading while this much is unsent
 DATAGRAM_CAP = 1024  # unread datagrams kept per socket; the oldest are dropped beyond it
+# The family as the int the C socket holds: `socket.family` converts it to an enum on
+# every read, a third of a new socket's record's cost (one per connection, thousands).
+_raw_family = _socket.socket.family.__get__
 
 
 def endpoint(sockaddr: Any) -> list[Any]:
@@ -185,16 +189,17 @@ class Sock:
         echo: bool,
         server: bool,
         parent: int | None = None,
+        local: list[Any] | None = None,
     ) -> None:
         self.id = sid
         self.sock: socket.socket | None = sock
         self.proto = proto
         self.kind = kind
-        self.family = 6 if sock.family == socket.AF_INET6 else 4
+        self.family = 6 if _raw_family(sock) == socket.AF_INET6 else 4
         self.echo = echo
         self.server = server  # made by listen (or accepted from a listener)
         self.parent = parent  # the listener an accepted socket came from
-        self.local = endpoint(sock.getsockname())
+        self.local = local if local is not None else endpoint(sock.getsockname())
         self.peer: list[Any] | None = None
         self.state = "listening" if kind == "listener" else "bound"
         self.rbuf = bytearray()
@@ -205,6 +210,7 @@ class Sock:
         self.error: OpError | None = None  # a stream's fatal error, a datagram's pending one
         self.close_when_flushed = False
         self.paused = False  # a listener out of file descriptors, resumed by a timer
+        self.announce = True  # a listener: an `accepted` event per connection it accepts
         self.handler: Callable[[int], None] = lambda mask: None
 
     @property

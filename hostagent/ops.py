@@ -114,7 +114,16 @@ def _reuse(sock: socket.socket, reuseaddr: bool, reuseport: bool) -> None:
 
 
 @register(
-    "listen", "proto", "address", "port", "backlog", "reuseaddr", "reuseport", "v6only", "echo"
+    "listen",
+    "proto",
+    "address",
+    "port",
+    "backlog",
+    "reuseaddr",
+    "reuseport",
+    "v6only",
+    "echo",
+    "events",
 )
 def op_listen(agent: HostAgent, req: Request) -> dict[str, Any]:
     proto = req.choice("proto", PROTOS)
@@ -125,6 +134,7 @@ def op_listen(agent: HostAgent, req: Request) -> dict[str, Any]:
     reuseport = req.flag("reuseport", False)
     v6only = req.opt_flag("v6only")
     echo = req.flag("echo", True)
+    events = req.flag("events", True)
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     family, sockaddr = resolve(address, port, kind)
     if v6only is not None and family != socket.AF_INET6:
@@ -146,6 +156,9 @@ def op_listen(agent: HostAgent, req: Request) -> dict[str, Any]:
     s = agent.add_sock(
         sock, proto, "listener" if proto == "tcp" else "datagram", echo=echo, server=True
     )
+    # Without events, thousands of accepts cost no frame each: the `sockets` op lists
+    # every accepted socket with its listener (`parent`) all the same.
+    s.announce = events
     agent.log(f"{what}: sock {s.id} on {_where(*s.local)}")
     return {"sock": s.id, "local": s.local}
 

@@ -6,7 +6,8 @@ socket in. Same source as `ss`: NETLINK_SOCK_DIAG, spoken with the socket module
     < {"id": 3, "ok": true, "result": {"sockets": [[10, "0.0.0.0", 80, "0.0.0.0", 0, 4711, 0]]}}
 
 Each row is [state number, local address, local port, peer address, peer port, inode, uid];
-`states` is the kernel's bit mask (1 << state number; omitted: every state).
+`states` is the kernel's bit mask (1 << state number; omitted: every state); `port`, only
+the sockets of that local port (the kernel filters them).
 
 `socket_table`: every TCP and UDP socket of the host (IPv4 and IPv6) with the processes
 that hold it, what `ss -tupan` shows (`listening`: only TCP LISTEN and unconnected UDP,
@@ -50,21 +51,27 @@ _REQUEST = struct.Struct("=BBBxI48x")
 # if, cookie, expires, rqueue, wqueue, uid, inode
 _MESSAGE = struct.Struct("=BBBB2H16s16sI8xIIIII")
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+# linux/inet_diag.h: the request's filter program, and its "local port equals" op
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_S_EQ = 11
+_NLATTR = struct.Struct("=HH")  # nla_len, nla_type
+_BC_OP = struct.Struct("=BBH")  # inet_diag_bc_op: code, yes, no
 _PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 # What `ss -l` lists: TCP in LISTEN, UDP in CLOSE (bound, not connected). LISTEN alone
 # lets the kernel skip its walk of every namespace's established TCP sockets (~2 ms).
 LISTENING = {"tcp": 1 << 10, "udp": 1 << 7}
 
 
-@register("sock_diag", "proto", "family", "states")
+@register("sock_diag", "proto", "family", "states", "port")
 def op_sock_diag(agent: HostAgent, req: Request) -> dict[str, Any]:
     proto = req.choice("proto", PROTOS)
     family = req.integer("family", 4, 4, 6)
     if family not in _FAMILIES:
         raise OpError("sock_diag: family must be 4 or 6", kind="bad-request")
     states = req.integer("states", ALL_STATES, 0, ALL_STATES)
+    port = req.port("port", 0)
     try:
-        rows = dump(_FAMILIES[family], _PROTOCOLS[proto], states)
+        rows = dump(_FAMILIES[family], _PROTOCOLS[proto], states, sport=port)
     except OSError as exc:
         raise OpError.from_os(exc, f"sock_diag {proto}/IPv{family}") from exc
     return {"sockets": rows}
@@ -95,33 +102,63 @@ def op_socket_table(agent: HostAgent, req: Request) -> dict[str, Any]:
     return {"sockets": rows, "processes": owners.describe(pids), "complete": complete}
 
 
-def dump(family: int, protocol: int, states: int) -> list[list[Any]]:
-    """Every socket of `family`/`protocol` whose state is in the mask, as the kernel says."""
-    length = _HEADER.size + _REQUEST.size
-    request = _HEADER.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, 1, 0)
-    request += _REQUEST.pack(family, protocol, 0, states)
-    rows: list[list[Any]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+def netlink_socket() -> socket.socket:
+    """A sock_diag socket of the calling thread's network namespace (it keeps that one)."""
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+    try:
         nl.bind((0, 0))
-        nl.send(request)
-        while True:
-            data = nl.recv(1 << 16)
-            offset = 0
-            while offset + _HEADER.size <= len(data):
-                size, kind = _HEADER.unpack_from(data, offset)[:2]
-                body = offset + _HEADER.size
-                if kind == NLMSG_DONE:
-                    return rows
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, body)[0]
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return rows
-                if kind == SOCK_DIAG_BY_FAMILY:
-                    rows.append(_row(family, data, body))
-                offset += (size + 3) & ~3
-                if size == 0:  # a malformed message: never loop on it
-                    return rows
+    except OSError:
+        nl.close()
+        raise
+    return nl
+
+
+def dump(
+    family: int, protocol: int, states: int, *, sport: int = 0, nl: socket.socket | None = None
+) -> list[list[Any]]:
+    """Every socket of `family`/`protocol` whose state is in the mask, as the kernel says;
+    with `sport`, only those of that local port: the kernel filters them (as `ss sport
+    = :N` has it), so a few sockets among tens of thousands cost no dump of them all.
+    `nl`: a `netlink_socket` made elsewhere (another namespace's), left open."""
+    bytecode = _port_filter(sport) if sport else b""
+    length = _HEADER.size + _REQUEST.size + len(bytecode)
+    request = _HEADER.pack(length, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP, 1, 0)
+    request += _REQUEST.pack(family, protocol, 0, states) + bytecode
+    if nl is not None:
+        return _exchange(nl, family, request)
+    with netlink_socket() as own:
+        return _exchange(own, family, request)
+
+
+def _exchange(nl: socket.socket, family: int, request: bytes) -> list[list[Any]]:
+    rows: list[list[Any]] = []
+    nl.send(request)
+    while True:
+        data = nl.recv(1 << 16)
+        offset = 0
+        while offset + _HEADER.size <= len(data):
+            size, kind = _HEADER.unpack_from(data, offset)[:2]
+            body = offset + _HEADER.size
+            if kind == NLMSG_DONE:
+                return rows
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, body)[0]
+                if code:
+                    raise OSError(code, os.strerror(code))
+                return rows
+            if kind == SOCK_DIAG_BY_FAMILY:
+                rows.append(_row(family, data, body))
+            offset += (size + 3) & ~3
+            if size == 0:  # a malformed message: never loop on it
+                return rows
+
+
+def _port_filter(port: int) -> bytes:
+    """An INET_DIAG_REQ_BYTECODE attribute keeping sockets whose local port is `port`:
+    one INET_DIAG_BC_S_EQ op (true: go on 8 bytes, to the program's end, kept; false:
+    jump 4 past it, dropped) and the op that carries the port in its `no` field."""
+    program = _BC_OP.pack(INET_DIAG_BC_S_EQ, 8, 12) + _BC_OP.pack(0, 0, port)
+    return _NLATTR.pack(_NLATTR.size + len(program), INET_DIAG_REQ_BYTECODE) + program
 
 
 def _row(family: int, data: bytes, offset: int) -> list[Any]:

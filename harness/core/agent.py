@@ -257,7 +257,7 @@ class Agent:
             netns=raw.get("netns"),
         )
 
-    def listen(
+    def listen(  # noqa: PLR0913 - the listen op's options, keyword-only
         self,
         proto: str,
         port: int = 0,
@@ -268,8 +268,11 @@ class Agent:
         reuseport: bool = False,
         v6only: bool | None = None,
         echo: bool = True,
+        events: bool = True,
     ) -> Socket:
-        """A TCP listener (accepting by itself) or a bound UDP socket; echoes by default."""
+        """A TCP listener (accepting by itself) or a bound UDP socket; echoes by default.
+        `events=False`: no `accepted` event per connection (`accept` then waits in vain;
+        `sockets()` lists the accepted ones with this listener as their `parent`)."""
         result = self.request(
             "listen",
             proto=proto,
@@ -280,6 +283,7 @@ class Agent:
             reuseport=reuseport,
             v6only=v6only,
             echo=echo,
+            events=events,
         )
         kind = "listener" if proto == "tcp" else "datagram"
         return Socket(int(result["sock"]), proto, kind, _endpoint(result["local"]), None, self)

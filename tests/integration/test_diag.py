@@ -38,6 +38,15 @@ def test_a_connection_listener_and_time_wait_as_the_kernel_reports_them() -> Non
         assert theirs[0].five_tuple == ("tcp", "10.0.1.12", listener.port, *conn.local)
         listening = [s for s in server_view if s.state == "LISTEN"]
         assert [s.local for s in listening] == [("10.0.1.12", listener.port)]
+        # With a port, the kernel reports only the sockets of that local port.
+        other = server.listen("tcp", address="10.0.1.12")
+        by_port = diag.sockets(h2, "tcp", 4, port=listener.port)
+        assert sorted(s.inode for s in by_port) == sorted(
+            s.inode for s in server_view if s.local[1] == listener.port
+        )
+        assert len(by_port) == 2
+        assert [s.local for s in diag.sockets(h2, "tcp", 4, port=other.port)] == [other.local]
+        assert [s.local for s in diag.sockets(h1, "tcp", 4, port=conn.local[1])] == [conn.local]
         # Every socket the kernel reports for h1 and h2 is one a lab agent made.
         assert {s.local[0] for s in client_view} == {"10.0.1.11"}
         assert {s.local[0] for s in server_view} == {"10.0.1.12"}

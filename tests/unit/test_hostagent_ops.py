@@ -182,6 +182,30 @@ def test_tcp_echo_identity_one_accepted_socket_per_connection(agent: RawAgent) -
     assert [row["sock"] for row in agent.ok("sockets")["sockets"]] == [listener["sock"]]
 
 
+def test_a_listener_without_events_still_lists_and_echoes_what_it_accepted(
+    agent: RawAgent,
+) -> None:
+    listener = agent.ok("listen", proto="tcp", address=LO, events=False)
+    port = listener["local"][1]
+    client = RawAgent()
+    try:
+        conns = [client.ok("connect", proto="tcp", address=LO, port=port) for _ in range(3)]
+        echoes = [client.ok("request", sock=c["sock"], data="hi")["reply"] for c in conns]
+        rows = [r for r in agent.ok("sockets")["sockets"] if r["parent"] == listener["sock"]]
+    finally:
+        client.close()
+    # every accepted socket, with the flow the client saw mirrored (its local address
+    # taken from the listener's own, with no getsockname)
+    assert sorted((r["sock"], r["local"], r["peer"]) for r in rows) == sorted(
+        (e["sock"], c["peer"], c["local"]) for e, c in zip(echoes, conns, strict=True)
+    )
+    assert all(r["state"] == "connected" for r in rows)
+    # no `accepted` frame came: the first events are the connections' `closed`
+    first = agent.frame()
+    assert first["event"] == "closed", first
+    assert all(e["event"] != "accepted" for e in agent.events)
+
+
 def test_udp_one_socket_serves_every_client(agent: RawAgent) -> None:
     server = agent.ok("listen", proto="udp", address="0.0.0.0")
     port = server["local"][1]
@@ -424,6 +448,19 @@ def test_lists_a_listener_and_both_ends_of_a_connection_with_their_inodes(
                 only_listen = agent.ok("sock_diag", proto="tcp", family=4, states=1 << LISTEN)
                 assert {r[0] for r in only_listen["sockets"]} == {LISTEN}
                 assert inode(client) not in {r[5] for r in only_listen["sockets"]}
+
+
+def test_the_kernel_filters_by_local_port(agent: RawAgent) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                rows = agent.ok("sock_diag", proto="tcp", family=4, port=port)["sockets"]
+                assert sorted(row[5] for row in rows) == sorted([inode(server), inode(accepted)])
+                sport = client.getsockname()[1]
+                rows = agent.ok("sock_diag", proto="tcp", family=4, port=sport)["sockets"]
+                assert [row[5] for row in rows] == [inode(client)]
 
 
 def test_udp_and_ipv6(agent: RawAgent) -> None:

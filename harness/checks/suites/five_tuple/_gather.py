@@ -224,18 +224,15 @@ class _Context:
 
 def _listen(servers: Sequence[Agent], address: str, family: int) -> tuple[dict[int, int], int]:
     """One listener per server process, all on one address and port (SO_REUSEPORT when
-    several processes share it, as a pre-forked server does)."""
+    several processes share it, as a pre-forked server does). No `accepted` event per
+    connection: the server's account is its `sockets` listing, read once all are in."""
     shared = len(servers) > 1
     v6only = True if family == 6 and address == "::" else None
-    first = servers[0].listen(
-        "tcp", 0, address, backlog=4096, reuseport=shared, v6only=v6only, echo=True
-    )
+    options: dict[str, Any] = {"backlog": 4096, "v6only": v6only, "echo": True, "events": False}
+    first = servers[0].listen("tcp", 0, address, reuseport=shared, **options)
     listeners = {servers[0].pid: first.id}
     rest = parallel(
-        lambda a: a.listen(
-            "tcp", first.port, address, backlog=4096, reuseport=True, v6only=v6only, echo=True
-        ),
-        servers[1:],
+        lambda a: a.listen("tcp", first.port, address, reuseport=True, **options), servers[1:]
     )
     for agent, sock in zip(servers[1:], rest, strict=True):
         listeners[agent.pid] = sock.id
@@ -570,9 +567,8 @@ def _duplicate(ctx: _Context) -> DuplicateEvidence:
         opened.append(third.id)
     except AgentError as exc:
         errno_name, message, third_conn = exc.errno, str(exc), None
-    kernel = tuple(
-        s for s in diag.sockets(ctx.host(host), "tcp", base.family) if s.local == (source, sport)
-    )
+    listed = diag.sockets(ctx.host(host), "tcp", base.family, port=sport)
+    kernel = tuple(s for s in listed if s.local == (source, sport))
     conns = [
         Conn(host, agent.pid, s.id, "tcp", s.local, s.peer or ("", 0)) for s in (first, second)
     ]
