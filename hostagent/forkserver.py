@@ -53,6 +53,7 @@ Command line: FD [REAP_JSON], REAP_JSON = {"lab": id, "ledger": dir, "full_clean
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -79,6 +80,7 @@ MS_REC = 16384
 MS_SLAVE = 1 << 19
 MAX_FDS = 64
 MAX_MESSAGE = 65536
+SETSID_WAIT = 1.0  # seconds a child may take from fork to setsid (a loaded machine)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -103,6 +105,16 @@ def _enter_netns(path: str, own_mounts: bool) -> None:
         _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
         _libc.umount2(b"/sys", 2)
         _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None)
+
+
+def _before_setsid(pid: int) -> bool:
+    """Whether `pid` lives and does not lead its own process group yet."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != b"Z" and int(fields[2]) != pid
 
 
 def _group_alive(pgid: int) -> bool:
@@ -201,12 +213,38 @@ class ForkServer:
         self.selector = selectors.DefaultSelector()
         self.sentinel_pid = 0
         self.sentinel_pipe = -1
+        self.outbox: collections.deque[bytes] = collections.deque()
+        self.control_events = 0  # what the selector watches the control socket for
 
     def send(self, message: dict[str, Any]) -> None:
         if self.detached:
             return
-        with contextlib.suppress(OSError):
-            self.control.send(json.dumps(message).encode())
+        self.outbox.append(json.dumps(message).encode())
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the controller's queue has room for; the rest when it is writable.
+
+        Never blocking: the socket queues only net.unix.max_dgram_qlen packets (10 by
+        default), and a controller blocked sending us its next spawn while we block
+        replying to the last would wait forever (a thousand agents started at once did).
+        """
+        while self.outbox:
+            try:
+                self.control.send(self.outbox[0], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            except OSError:  # the controller is gone: nobody to tell
+                self.outbox.clear()
+                break
+            self.outbox.popleft()
+        self.watch_control()
+
+    def watch_control(self) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
+        if self.control_events and events != self.control_events:
+            self.selector.modify(self.control, events, "control")
+            self.control_events = events
 
     def start_sentinel(self) -> None:
         read_end, write_end = os.pipe()
@@ -226,11 +264,16 @@ class ForkServer:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda *_: None)
         self.selector.register(self.control, selectors.EVENT_READ, "control")
+        self.control_events = selectors.EVENT_READ
+        self.watch_control()  # the sentinel's pid may wait in the outbox
         self.selector.register(wake_r, selectors.EVENT_READ, "signal")
         while self.running:
-            for key, _ in self.selector.select():
+            for key, mask in self.selector.select():
                 if key.data == "control":
-                    self.on_control()
+                    if mask & selectors.EVENT_WRITE:
+                        self.flush()
+                    if mask & selectors.EVENT_READ:
+                        self.on_control()
                 elif key.data == "signal":
                     self.on_signal(wake_r)
                 elif isinstance(key.data, tuple):
@@ -361,11 +404,20 @@ class ForkServer:
             if pid in self.children:
                 os.kill(pid, sig)
             return
-        if pid in self.groups:
+        if pid not in self.groups:
+            return
+        deadline = time.monotonic() + SETSID_WAIT
+        while True:
             try:
                 os.killpg(pid, sig)
+                return
             except ProcessLookupError:
-                self.groups.discard(pid)  # nobody left in it: its id may be reused
+                # A spawn without "report" is answered right after the fork: a signal
+                # may come before the child's setsid has made the group. Wait for it.
+                if not _before_setsid(pid) or time.monotonic() > deadline:
+                    self.groups.discard(pid)  # nobody left in it: its id may be reused
+                    return
+                time.sleep(0.0005)
 
     def detach(self, fds: list[int], drain: int) -> None:
         # The controller hands the lab over: it exits soon, we keep everything alive.
@@ -395,6 +447,7 @@ class ForkServer:
 
     def on_eof(self) -> None:
         self.selector.unregister(self.control)
+        self.control_events = 0
         if not self.committed:
             self.running = False
 
