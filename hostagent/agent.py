@@ -1,4 +1,4 @@
-"""The agent's loop: one selector, non-blocking sockets, replies when each request is done.
+"""The agent's loop: one poller (epoll), non-blocking sockets, replies when each request is done.
 
 `serve()` owns everything it uses (selector, sockets, buffers, timers), so a fork server can
 call it in a freshly forked child. No thread, no socket of its own: the only sockets are
@@ -13,7 +13,6 @@ import heapq
 import json
 import os
 import select
-import selectors
 import socket
 import struct
 import sys
@@ -41,6 +40,7 @@ from hostagent.net import (
     source_pktinfo,
 )
 from hostagent.ops import OPS
+from hostagent.poller import READ, WRITE, Poller
 from hostagent.protocol import (
     AGENT_NAME,
     MAX_LINE,
@@ -56,8 +56,6 @@ from hostagent.protocol import (
     parse_request,
 )
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
 ACCEPT_BATCH = 64
 DATAGRAM_BATCH = 64
 WILDCARDS = ("0.0.0.0", "::")
@@ -70,7 +68,7 @@ class HostAgent:
         self.pid = os.getpid()
         self.infd = infd
         self.outfd = outfd
-        self.selector: selectors.BaseSelector = selectors.DefaultSelector()
+        self.selector = Poller()
         self.socks: dict[int, Sock] = {}
         self.pending: set[socket.socket] = set()  # sockets not yet in `socks` (connecting)
         self.status = 0
@@ -216,8 +214,8 @@ class HostAgent:
             self.flush()
             if not self.running:
                 break
-            for key, mask in self.selector.select(timeout):
-                self._guard(key.data, mask)
+            for handler, mask in self.selector.select(timeout):
+                self._guard(handler, mask)
                 if not self.running:
                     break
             self._run_timers()
@@ -234,9 +232,8 @@ class HostAgent:
         try:
             self._set_stdio_interest()
         except PermissionError:  # stdin is a regular file: epoll refuses it, poll does not
-            self.selector.close()
-            self.selector = selectors.PollSelector()
             self._interest.clear()
+            self.selector.use_poll()
             self._set_stdio_interest()
 
     def _on_stdio(self, mask: int) -> None:
@@ -399,9 +396,13 @@ class HostAgent:
         # A listener bound to one address accepts on exactly that address and port: its
         # own local endpoint is every accepted socket's, with no getsockname per socket.
         local = None if s.local[0] in WILDCARDS else s.local
+        family = socket.AF_INET6 if s.family == 6 else socket.AF_INET
         for _ in range(ACCEPT_BATCH):
             try:
-                conn, _addr = s.sock.accept()
+                # socket.accept() reads the listener's family and type as enums (a
+                # conversion each) to make the new socket: the ints are known here.
+                fd, _addr = s.sock._accept()  # type: ignore[attr-defined]  # CPython's own
+                conn = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
             except BlockingIOError:
                 return
             except OSError as exc:

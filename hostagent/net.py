@@ -30,6 +30,8 @@ DATAGRAM_CAP = 1024  # unread datagrams kept per socket; the oldest are dropped 
 # The family as the int the C socket holds: `socket.family` converts it to an enum on
 # every read, a third of a new socket's record's cost (one per connection, thousands).
 _raw_family = _socket.socket.family.__get__
+# A stream or a listener never queues a datagram: one shared queue that holds none.
+_NO_DATAGRAMS: collections.deque[Any] = collections.deque(maxlen=0)
 
 
 def endpoint(sockaddr: Any) -> list[Any]:
@@ -179,6 +181,31 @@ class Datagram:
 class Sock:
     """One socket the agent holds. `kind`: listener, stream or datagram."""
 
+    # Slots: one record per connection, made thousands of times a second by a listener.
+    __slots__ = (
+        "announce",
+        "close_when_flushed",
+        "datagrams",
+        "echo",
+        "eof",
+        "error",
+        "family",
+        "handler",
+        "id",
+        "kind",
+        "local",
+        "parent",
+        "paused",
+        "peer",
+        "proto",
+        "rbuf",
+        "server",
+        "sock",
+        "state",
+        "waiters",
+        "wbuf",
+    )
+
     def __init__(
         self,
         sid: int,
@@ -204,7 +231,9 @@ class Sock:
         self.state = "listening" if kind == "listener" else "bound"
         self.rbuf = bytearray()
         self.wbuf = bytearray()
-        self.datagrams: collections.deque[Datagram] = collections.deque(maxlen=DATAGRAM_CAP)
+        self.datagrams: collections.deque[Datagram] = (
+            collections.deque(maxlen=DATAGRAM_CAP) if kind == "datagram" else _NO_DATAGRAMS
+        )
         self.waiters: collections.deque[Waiter] = collections.deque()
         self.eof = False  # the peer sent FIN
         self.error: OpError | None = None  # a stream's fatal error, a datagram's pending one
