@@ -189,6 +189,8 @@ class Helper:
 
     def output(self, stream: _Stream, fd: int) -> bool:
         """Forward one read of a process's output; whether there may be more now."""
+        if fd not in stream.outputs:
+            return False  # ended earlier in this round of events (its exit drained it)
         try:
             data = os.read(fd, frames.CHUNK)
         except BlockingIOError:

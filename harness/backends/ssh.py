@@ -5,13 +5,15 @@ command that brought it up (`netharness up`):
 
 - this backend, in the controller: it reads ~/.ssh/config, makes the TCP connection to
   each machine (`SshOptions.connect`) and asks the relay for everything else;
-- the relay (_ssh_relay.py), a process the lab's fork server starts: it holds the SSH
-  connections, and looks to its clients like a fork server whose "netns" is a host name
-  (this backend's owner connection; later commands through the ledger's `ssh.sock`);
+- the relay (harness/core/_ssh_relay.py), a process the lab's fork server starts: it
+  holds the SSH connections, and looks to its clients like a fork server whose "netns"
+  is a host name (this backend's owner connection; later commands through the ledger's
+  `ssh.sock`);
 - on each machine, the helper (hostagent.remote): the same fork server the netns
   backend runs locally, reached through one SSH session, which forks every agent and
   command there. Nothing else runs there, and only one private directory is made
-  (_ssh_machine.py); both go when the lab ends, the relay dies or the connection drops.
+  (harness/core/_ssh_machine.py); both go when the lab ends, the relay dies or the
+  connection drops.
 
 The host has no network namespace on this machine: its handle's `netns_path` is empty,
 the fabric leaves it alone, and `harness.observe.diag` asks its agent for the kernel's
@@ -37,12 +39,12 @@ from harness.backends.base import AGENT, STOP_GRACE, Backend, HostHandle, Proces
 from harness.core import _ssh
 from harness.core import ledger as _ledger
 from harness.core._ssh import SshOptions
+from harness.core._ssh_relay import SOCKET_NAME
 from harness.errors import BackendError, HostKeyRefused, LabNotFound, ProcessFailed
 from harness.topology import Host
 
 __all__ = ["SshBackend", "SshOptions"]
 
-RELAY_SOCKET = "ssh.sock"  # _ssh_relay.SOCKET_NAME (not imported: it loads paramiko)
 RELAY_GRACE = 10.0  # between SIGTERM and SIGKILL: machines end their processes in ~1 s
 RELAY = "ssh relay"
 
@@ -59,6 +61,10 @@ class _Relay:
 class SshBackend(Backend):
     name = "ssh"
     local_netns = False  # another machine: nothing of it to enter from here
+    needs_root = (
+        "the machines are reached over this machine's network, and a rootless lab runs "
+        "in a network namespace of its own that has none"
+    )
 
     def __init__(
         self, lab_id: str, forkserver: ForkServerClient, options: SshOptions | None = None
@@ -168,7 +174,7 @@ class SshBackend(Backend):
         try:
             process = await self._forkserver.spawn(
                 "",
-                [sys.executable, "-m", "harness.backends._ssh_relay", str(ledger)],
+                [sys.executable, "-m", "harness.core._ssh_relay", str(ledger)],
                 (theirs.fileno(), null, log),
                 env_add={},
                 cwd=os.getcwd(),  # where `python -m` finds harness, as the fork server does
@@ -181,7 +187,7 @@ class SshBackend(Backend):
             theirs.close()
             os.close(null)
             os.close(log)
-        return _Relay(ForkServerClient.over(ours, RELAY), process, str(ledger / RELAY_SOCKET))
+        return _Relay(ForkServerClient.over(ours, RELAY), process, str(ledger / SOCKET_NAME))
 
     async def _relay_for(self, handle: HostHandle) -> ForkServerClient:
         if handle.name in self._made and self._relay is not None:

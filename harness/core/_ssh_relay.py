@@ -1,6 +1,6 @@
 """The ssh backend's relay: the process that holds a lab's SSH connections.
 
-    python -m harness.backends._ssh_relay LEDGER_DIR     (fd 0: the lab owner's socket)
+    python -m harness.core._ssh_relay LEDGER_DIR     (fd 0: the lab owner's socket)
 
 The lab's fork server starts it like any process of the lab, so it ends with the lab:
 SIGTERM (then SIGKILL after RELAY_GRACE) when the lab ends without an orderly exit
@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.backends._ssh_machine import END_TIMEOUT, Machine
 from harness.core import _ssh
+from harness.core._ssh_machine import END_TIMEOUT, Machine
 from harness.errors import BackendError, HarnessError
 from hostagent import frames
 
@@ -254,24 +254,27 @@ class Relay:
             self.send_whole_stdin(stream)  # a file or /dev/null: epoll refuses those
 
     def send_whole_stdin(self, stream: Stream) -> None:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # a machine gone: its pump answers for it
             while data := os.read(stream.stdin, frames.CHUNK):
                 stream.machine.send(frames.pack(frames.STDIN, stream.number, data))
-            stream.machine.send(frames.pack(frames.STDIN, stream.number))
         self.close_stdin(stream, registered=False)
 
     def on_stdin(self, stream: Stream) -> None:
+        if stream.stdin < 0:
+            return  # closed earlier in this round of events
         try:
             data = os.read(stream.stdin, frames.CHUNK)
         except OSError:
             data = b""
-        with contextlib.suppress(OSError):  # a machine gone: its pump answers for it
-            stream.machine.send(frames.pack(frames.STDIN, stream.number, data))
         if not data:
             self.close_stdin(stream)
+            return
+        with contextlib.suppress(OSError):
+            stream.machine.send(frames.pack(frames.STDIN, stream.number, data))
 
     def close_stdin(self, stream: Stream, registered: bool = True) -> None:
-        """The main thread's: the process will not read (more) from its client."""
+        """The main thread's: the process will not read (more) from its client, and gets
+        its EOF (an agent then exits, whatever became of a kill sent before its pid)."""
         if stream.stdin < 0:
             return
         if registered:
@@ -279,6 +282,9 @@ class Relay:
                 self.selector.unregister(stream.stdin)
         os.close(stream.stdin)
         stream.stdin = -1
+        if not stream.exited:
+            with contextlib.suppress(OSError):
+                stream.machine.send(frames.pack(frames.STDIN, stream.number))
         self.forget_if_done(stream)
 
     def kill(self, client: Client, message: dict[str, Any]) -> None:
@@ -464,7 +470,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        sys.stderr.write("usage: python -m harness.backends._ssh_relay LEDGER_DIR\n")
+        sys.stderr.write("usage: python -m harness.core._ssh_relay LEDGER_DIR\n")
         return 2
     Relay(Path(argv[1]), socket.socket(fileno=0)).serve()
     return 0

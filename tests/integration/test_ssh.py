@@ -220,7 +220,7 @@ def relays_of(lab_id: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"harness.backends._ssh_relay" in cmdline and any(
+        if b"harness.core._ssh_relay" in cmdline and any(
             part.endswith(f"/{lab_id}".encode()) for part in cmdline
         ):
             found.append(int(entry.name))

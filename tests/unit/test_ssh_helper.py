@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -45,16 +45,27 @@ class Session:
         self.send(frames.control({"op": "spawn", "stream": stream, "argv": argv, **options}))
 
     def next(self) -> tuple[int, int, bytes]:
+        self._read_until(lambda: bool(self.frames))
+        return self.frames.pop(0)
+
+    def control(self) -> dict[str, Any]:
+        """The next control message; output that came before it (a process's first words
+        may overtake its spawn's answer) stays for `next`."""
+        self._read_until(lambda: any(kind == frames.CONTROL for kind, _, _ in self.frames))
+        first = next(f for f in self.frames if f[0] == frames.CONTROL)
+        self.frames.remove(first)
+        return frames.message(first[2])
+
+    def _read_until(self, done: Callable[[], bool]) -> None:
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
         deadline = time.monotonic() + TIMEOUT
-        while not self.frames:
+        while not done():
             if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 raise TimeoutError("the helper said nothing")
             data = os.read(fd, 65536)
             assert data, "the helper ended"
             self.frames += self.decoder.feed(data)
-        return self.frames.pop(0)
 
     def until_exit(self, stream: int) -> tuple[dict[int, bytes], int]:
         """Output per kind (its EOF seen) and the exit status, in the order they came."""
@@ -67,14 +78,6 @@ class Session:
                     return output, int(message["status"])
             elif number == stream:
                 output[kind] = output.get(kind, b"") + payload
-
-    def control(self) -> dict[str, Any]:
-        """The next control message; output before it (the EOF of a process that could
-        not start) is left out."""
-        while True:
-            kind, _, payload = self.next()
-            if kind == frames.CONTROL:
-                return frames.message(payload)
 
     def close(self) -> int:
         assert self.process.stdin is not None
@@ -104,6 +107,27 @@ def test_a_command_s_output_comes_before_its_exit(helper: Session) -> None:
     output, status = helper.until_exit(1)
     assert output == {frames.STDOUT: b"out\n", frames.STDERR: b"err\n"}
     assert status == 3
+
+
+def test_many_commands_at_once_each_get_their_output_then_their_exit(helper: Session) -> None:
+    # Exits and output ending in one round of events: each is told once, in order.
+    for number in range(10, 40):
+        helper.spawn(number, ["sh", "-c", f"echo {number}; echo e{number} >&2"])
+    outputs: dict[int, bytes] = {}
+    statuses: dict[int, int] = {}
+    while len(statuses) < 30:
+        kind, number, payload = helper.next()
+        if kind == frames.CONTROL:
+            message = frames.message(payload)
+            if "exited" in message:
+                assert message["exited"] not in statuses
+                statuses[message["exited"]] = message["status"]
+        else:
+            assert number not in statuses, "output after its exit"
+            outputs[number] = outputs.get(number, b"") + payload
+    assert statuses == dict.fromkeys(range(10, 40), 0)
+    lines = {n: sorted(out.splitlines()) for n, out in outputs.items()}  # 1 and 2 interleave
+    assert lines == {n: [str(n).encode(), f"e{n}".encode()] for n in range(10, 40)}
 
 
 def test_stdin_reaches_the_process_and_its_eof_too(helper: Session) -> None:
