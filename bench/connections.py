@@ -39,25 +39,39 @@ one), its Python accept loops having fallen 4,096 connections behind. It is gone
 the other Python baselines: what the scheduler decides is no baseline, and the C client
 is the limit the suite is held to.
 
-What bounds the suite (perf and py-spy over its TCP phase, 2 cores): at 10,000 the CPU.
-The C processes spend their time in the kernel's handshakes; the suite's processes do
-the same kernel work (37% of the samples) and 1.6 times as much again in interpreters:
-its two server agents 36% (accept, a socket record, a selector registration and an
-`accepted` event per connection), the four client agents 22% beside their 28% of kernel
-time, the controller 11% (decoding the events and the replies). Both sides weigh: with
---split, the C client against the suite's server agents made 0.50-0.65 of the C pair's
-rate, and the suite's own clients take that down to 0.32-0.44. At 30,000 both methods
-are bound by the kernel's choice of ephemeral ports: connect() tries the even ports of
-ip_local_port_range first (14,116 in 32768-60999), each client host makes 15,000
+What bounds the suite (py-spy over its TCP phase alone, 2 cores): at 10,000 the CPU, in
+the agents' interpreters on both sides. The server agents no longer report an `accepted`
+event per connection (the suite's account is their `sockets` listing, read once all are
+in), take each accepted socket's address from the listener instead of asking the kernel,
+make it without socket.accept()'s enum conversions, and register it with an epoll poller
+of their own instead of `selectors` (a record per registration); a socket's record has
+slots (1.0 us, was 4.8). That took the suite from 0.35-0.40x to 0.45-0.51x of the C
+client at 10,000, depending on the machine's load (one run each: 0.395x before, 0.455x,
+0.508x and 0.509x after). What is left is the interpreter around the same system calls
+the C processes make: per connection a client agent makes a socket object, connects,
+asks getpeername (the handshake over a veth pair completes inside connect(), so the
+kernel work of both sides lands in the client's call), sets TCP_NODELAY, makes a record
+(getsockname), registers it for reading and adds a result; a server agent accepts,
+makes a socket object, sets it non-blocking and TCP_NODELAY, makes a record and
+registers it. Samples over six TCP phases of 10,000: the client agents' connect_many
+16% (half of it in socket() and connect() themselves), the server agents' accepts 8%,
+the controller's decoding of the four replies a few percent. Both sides weigh the
+same: with --split, the C client against the suite's server agents made 0.64x
+(0.49-0.72) of the C pair, and the suite's own clients took that to 0.40x in that run.
+At 30,000 both methods are bound by the kernel's choice of ephemeral ports: connect()
+tries the even ports of ip_local_port_range first (14,116 in 32768-60999), each client
+host makes 15,000
 connections to one destination, and once the even ports are taken every connect()
 walks all of them before it takes an odd one (__inet_hash_connect and
 __inet_check_established: 62% of the C client's samples, 35% of the suite's). The C
 client made 66,000 conn/s at 28,000 connections (14,000 a host), 27,000 at 29,000 and
-15,000 at 30,000 in one run; a line says so when it applies. The suite also loses time
-to SYNs its server agents drop (ListenOverflows: about 240 a round, none with the C
-client against the same agents, whose CPU the suite's clients and controller then do
-not take). A round of the suite costs more than its TCP phase: at 30,000 about 20 s,
-most of it sock_diag dumps of every socket for the suite's accounts.
+15,000 at 30,000 in one run; a line says so when it applies. The suite's server agents
+no longer fall behind there (769 SYNs dropped by full accept queues over three rounds
+before, none in a run of three since they send no event per connection). A round of
+the suite costs more than its TCP phase (its accounts: sock_diag dumps, /proc/<pid>/fd,
+the agents' listings): at 30,000 about 6 s; it was 20 s while the dumps went through
+pyroute2's parsed messages and `_duplicate` dumped every socket to find three (now the
+agent's struct-based dump, with the kernel filtering by port).
 """
 
 from __future__ import annotations
@@ -76,6 +90,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness import Lab, load_topology
 from harness.checks.suites import five_tuple
@@ -344,13 +359,10 @@ def agent_servers(lab: Lab, _binary: Path, plan: Plan, stack: contextlib.ExitSta
     for _i in range(plan.servers):
         agents.append(lab.hosts[plan.server].agent())
         stack.callback(agents[-1].close)
-    first = agents[0].listen(
-        "tcp", 0, plan.listen_address, backlog=BACKLOG, reuseport=True, echo=True
-    )
+    options: dict[str, Any] = {"backlog": BACKLOG, "reuseport": True, "echo": True, "events": False}
+    first = agents[0].listen("tcp", 0, plan.listen_address, **options)
     for agent in agents[1:]:
-        agent.listen(
-            "tcp", first.port, plan.listen_address, backlog=BACKLOG, reuseport=True, echo=True
-        )
+        agent.listen("tcp", first.port, plan.listen_address, **options)
     return first.port
 
 
