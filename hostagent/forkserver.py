@@ -107,6 +107,16 @@ def _enter_netns(path: str, own_mounts: bool) -> None:
         _libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None)
 
 
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors a recvmsg's ancillary data passed (SCM_RIGHTS), now ours."""
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(memoryview(payload)[:usable].cast("i"))
+    return fds
+
+
 def _before_setsid(pid: int) -> bool:
     """Whether `pid` lives and does not lead its own process group yet."""
     try:
@@ -289,11 +299,7 @@ class ForkServer:
             )
         except OSError:
             data, ancdata = b"", []
-        fds: list[int] = []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                usable = len(payload) - len(payload) % 4
-                fds.extend(memoryview(payload)[:usable].cast("i"))
+        fds = received_fds(ancdata)
         if not data:
             self.on_eof()
             return

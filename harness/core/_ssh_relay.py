@@ -56,6 +56,7 @@ from harness.core import _ssh
 from harness.core._ssh_machine import END_TIMEOUT, Machine
 from harness.errors import BackendError, HarnessError
 from hostagent import frames
+from hostagent.forkserver import received_fds
 
 SOCKET_NAME = "ssh.sock"  # in the lab's ledger directory
 ZIPAPP_NAME = "ssh-agent.pyz"  # built there once, uploaded to every machine
@@ -174,7 +175,7 @@ class Relay:
             )
         except OSError:
             data, ancillary = b"", []
-        fds = _received_fds(ancillary)
+        fds = received_fds(ancillary)
         if not data:
             _close_all(fds)
             self.leave(client)
@@ -436,15 +437,6 @@ def _error_reply(seq: Any, exc: HarnessError) -> dict[str, Any]:
     text = str(exc).removeprefix(f"host {host}: " if host else "")
     code = getattr(exc, "code", None)
     return {"seq": seq, "error": text, "kind": type(exc).__name__, "host": host, "code": code}
-
-
-def _received_fds(ancillary: Sequence[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds.extend(memoryview(payload)[:usable].cast("i"))
-    return fds
 
 
 def _close_all(fds: Sequence[int]) -> None:

@@ -442,6 +442,16 @@ def test_up_keeps_ssh_hosts_for_later_commands_and_down_removes_them(
         assert (said.returncode, said.stdout) == (7, "on a\n")
         echoed = cli(sshd, "exec", lab_id, "b", "--", "cat", stdin="from stdin\n")
         assert (echoed.returncode, echoed.stdout) == (0, "from stdin\n")
+        shell = cli(sshd, "shell", lab_id, "c", stdin="echo in $NETHARNESS_HOST; exit 5\n")
+        assert shell.returncode == 5
+        assert "in c\n" in shell.stdout
+        listening = cli(sshd, "ps", lab_id, "b", "--json")
+        assert listening.returncode == 0, listening.stderr
+        table = json.loads(listening.stdout)["hosts"]["b"]["sockets"]
+        owners = [o for s in table if s["local"]["port"] == 7443 for o in s["owners"]]
+        assert owners  # the service's listeners (tcp and udp), held by the host agent
+        assert {o["comm"] for o in owners} == {AGENT_COMM}
+        assert {tuple(o["command"]) for o in owners} == {("netharness-agent",)}
         checked = cli(sshd, "check", lab_id)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "5 expectations: 5 passed, 0 failed" in checked.stdout
