@@ -36,22 +36,20 @@ class Poller:
         self._poll = select.poll()
         self._in, self._out = select.POLLIN, select.POLLOUT
 
+    @property
+    def kind(self) -> str:
+        """ "epoll", or "poll" after `use_poll`."""
+        return "epoll" if self._epoll is not None else "poll"
+
     def register(self, fd: int, events: int, handler: Handler) -> None:
-        native = self._native(events)
-        if self._epoll is not None:
-            self._epoll.register(fd, native)
-        else:
-            assert self._poll is not None
-            self._poll.register(fd, native)
-        self._handlers[fd] = (handler, events)
+        self._control("register", fd, events, handler)
 
     def modify(self, fd: int, events: int, handler: Handler) -> None:
+        self._control("modify", fd, events, handler)
+
+    def _control(self, verb: str, fd: int, events: int, handler: Handler) -> None:
         native = self._native(events)
-        if self._epoll is not None:
-            self._epoll.modify(fd, native)
-        else:
-            assert self._poll is not None
-            self._poll.modify(fd, native)
+        getattr(self._epoll if self._epoll is not None else self._poll, verb)(fd, native)
         self._handlers[fd] = (handler, events)
 
     def unregister(self, fd: int) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import select
 import threading
+from pathlib import Path
 
 from hostagent.agent import HostAgent
 
@@ -36,3 +37,32 @@ def test_a_reply_made_by_a_timer_is_written_before_the_loop_waits() -> None:
         for fd in (to_agent, agent_out, from_agent):
             os.close(fd)
     assert not loop.is_alive()
+
+
+def test_requests_from_a_regular_file_are_answered_with_poll(tmp_path: Path) -> None:
+    # epoll refuses a regular file: the agent then polls its stdin with poll(2), and a
+    # listener it opens meanwhile is served by that poller too.
+    requests = tmp_path / "requests"
+    lines = [
+        {"id": 1, "op": "listen", "proto": "tcp", "address": "127.0.0.1"},
+        {"id": 2, "op": "ping"},
+    ]
+    requests.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    agent_out, from_agent = os.pipe()
+    with requests.open("rb") as stdin:
+        agent = HostAgent(stdin.fileno(), from_agent)
+        loop = threading.Thread(target=agent.run, daemon=True)
+        loop.start()
+        loop.join(5)
+    assert not loop.is_alive(), "the agent did not reach the end of its input"
+    kind = agent.selector.kind
+    agent.shutdown()  # what serve() does after the loop: closes the listener
+    os.close(from_agent)
+    with os.fdopen(agent_out, "rb") as out:
+        frames = [json.loads(line) for line in out.read().splitlines()]
+    assert frames[0]["event"] == "hello"
+    replies = {frame["id"]: frame for frame in frames[1:]}
+    assert replies[1]["ok"] is True
+    assert replies[1]["result"]["local"][0] == "127.0.0.1"
+    assert replies[2] == {"id": 2, "ok": True, "result": {}}
+    assert kind == "poll"
