@@ -3,6 +3,9 @@
     python bench/bringup.py [--runs 5] [--stars 10,100,500] [--chain 50]
                             [--mininet 10,100] [--commands 10,100] [--memory 100,500]
 
+NETHARNESS_BENCH_1000=1 adds star1000 (to --stars' default and to --memory's): about two
+minutes more, which `make bench` has no room for under its ten minutes.
+
 Cases (generated here): `starN`, N hosts on one network; `chainN`, N routers in a line,
 each pair of neighbours on its own /24 and every router routing to every network.
 Each run measures, side by side and in rotating order:
@@ -20,8 +23,11 @@ Each run measures, side by side and in rotating order:
   it, interpreter start and imports included: compared with mn end to end, and `up`
   with the in-process bring-up.
 
-Memory (at --memory sizes): resident memory of this controller process and of each
-agent (RSS, and PSS/USS, which count the fork server's shared pages once) after bring-up.
+After each netharness teardown the lab's namespaces must be gone, and no link of its
+kinds (a fabric port, a bridge named after a network) may have appeared in the root
+namespace; anything left is an error. Memory (at --memory sizes): resident memory of
+this controller process and of each agent (RSS, and PSS/USS, which count the fork
+server's shared pages once) after bring-up.
 Lines starting with `target:` are the issue's targets, each marked met or missed.
 
 Where bring-up time goes (star100, py-spy, under load): creating the namespaces (unshare
@@ -54,12 +60,15 @@ from pathlib import Path
 import rawnet
 
 from harness import Lab
-from harness.core import _netns
+from harness.core import _netns, naming
 from harness.topology import Topology, parse_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 UP_TARGET_MS = 700  # star100, every agent ready
 RAW_RATIO_TARGET = 3.0  # bring-up within 3x of the raw limit at every size
+DOWN_RATIO_TARGET = 2.0  # teardown within 2x of the raw removal, at LARGE sizes
+LARGE = 500  # from here on the teardown and per-agent memory targets apply
+AGENT_PSS_TARGET_MIB = 1.5  # per agent, median
 MININET_RATIO_TARGETS = {10: 4.0, 100: 8.0}  # mn / netharness commands, up + down
 DOWN_COMMAND_TARGET_MS = 150  # `netharness down` of star100
 UP_COMMAND_RATIO_TARGET = 1.5  # `netharness up` of star100 / in-process bring-up
@@ -145,7 +154,31 @@ def measure_memory(lab: Lab, memory: Memory) -> None:
     memory.agents_pss_total.append(sum(r["Pss"] for r in rollups) / 1024)
 
 
+def root_links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def check_gone(lab: Lab, links_before: set[str]) -> None:
+    """Raise if the lab left a namespace, or a link of its kinds in the root namespace.
+
+    Only its kinds: docker, run by others meanwhile, adds and removes veths there."""
+    prefix = naming.fabric_netns(lab.id)
+    left = [n for n in os.listdir(_netns.netns_path("")) if n.startswith(prefix)]
+    port = naming.fabric_port(1).rstrip("0123456789")
+    new_links = {
+        link
+        for link in root_links() - links_before
+        if link.startswith(port) or link in lab.topology.networks
+    }
+    if left or new_links:
+        raise RuntimeError(
+            f"lab {lab.id} left {len(left)} namespaces ({', '.join(sorted(left)[:3])}...) "
+            f"and links {sorted(new_links)[:3]} after down()"
+        )
+
+
 def netharness(topology: Topology, figures: Figures, memory: Memory | None) -> None:
+    links = root_links()
     started = time.perf_counter()
     lab = Lab.up(topology)
     try:
@@ -157,6 +190,7 @@ def netharness(topology: Topology, figures: Figures, memory: Memory | None) -> N
         lab.down()
     figures.down.append(time.perf_counter() - started)
     figures.cycle.append(figures.up[-1] + figures.down[-1])
+    check_gone(lab, links)
 
 
 def raw(topology: Topology, figures: Figures) -> None:
@@ -296,6 +330,12 @@ def run_case(
         f"target: {name} bring-up within {RAW_RATIO_TARGET:g}x of raw netlink: "
         f"{up_ratio:.2f}x - {verdict(up_ratio <= RAW_RATIO_TARGET)}"
     )
+    if (n or 0) >= LARGE:
+        down_ratio = statistics.median(ours.down) / statistics.median(floor.down)
+        print(
+            f"target: {name} teardown within {DOWN_RATIO_TARGET:g}x of raw netlink: "
+            f"{down_ratio:.2f}x - {verdict(down_ratio <= DOWN_RATIO_TARGET)}"
+        )
     if n == 100:
         up_ms = statistics.median(ours.up) * 1000
         print(
@@ -337,6 +377,13 @@ def run_case(
             f"PSS {mib(memory.agent_pss)}, USS {mib(memory.agent_uss)}; "
             f"all agents PSS {mib(memory.agents_pss_total)}"
         )
+        pss = statistics.median(memory.agent_pss)
+        if (n or 0) >= LARGE:
+            print(
+                f"target: {name} per-agent PSS at most {AGENT_PSS_TARGET_MIB:g} MiB: "
+                f"{pss:.2f} MiB - {verdict(pss <= AGENT_PSS_TARGET_MIB)} "
+                f"(controller RSS {statistics.median(memory.controller):.1f} MiB)"
+            )
     print(flush=True)
 
 
@@ -347,11 +394,12 @@ def sizes(value: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--stars", type=sizes, default=[10, 100, 500])
+    large = [1000] if os.environ.get("NETHARNESS_BENCH_1000") == "1" else []
+    parser.add_argument("--stars", type=sizes, default=[10, 100, 500, *large])
     parser.add_argument("--chain", type=int, default=50, help="routers; 0 for none")
     parser.add_argument("--mininet", type=sizes, default=[10, 100])
     parser.add_argument("--commands", type=sizes, default=[10, 100])
-    parser.add_argument("--memory", type=sizes, default=[100, 500])
+    parser.add_argument("--memory", type=sizes, default=[100, 500, *large])
     args = parser.parse_args()
     # The raw baseline holds a namespace fd and a socket per host: 1,000 at 500 hosts.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
