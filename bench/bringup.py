@@ -38,6 +38,10 @@ limits; ~0.2 ms each in a new namespace, plus two accept_dad writes at creation;
 thread for them made it slower on 2 cores). Agents start meanwhile through the fork
 server and are ready before the wiring ends. At 10 hosts the fork server's own start (a
 Python interpreter, 60-100 ms) bounds bring-up: the raw limit starts no process at all.
+At 1,000 hosts (py-spy, BENCHMARKS.md has the figures) the two threads share 2 cores:
+the wiring (kernel netlink work and the sysctl writes, which cost more per host as the
+namespaces grow in number) and the start of 1,000 agents, each copying ~1.6 MiB of the
+fork server's pages as it runs; without the agents the wiring alone is ~2.5x raw.
 """
 
 from __future__ import annotations
