@@ -81,6 +81,7 @@ class HostAgent:
         self._out = bytearray()
         self._out_blocked = False
         self._out_was_blocking = True
+        self._drained: list[Callable[[], None]] = []  # see when_flushed
 
     # ---- logging and output -------------------------------------------------------------
 
@@ -123,6 +124,19 @@ class HostAgent:
         if blocked != self._out_blocked:
             self._out_blocked = blocked
             self._set_stdio_interest()
+        if not blocked and self._drained:
+            waiting, self._drained = self._drained, []
+            for callback in waiting:
+                self._guard(callback)
+
+    def pending_output(self) -> int:
+        """Bytes emitted and not yet written."""
+        return len(self._out)
+
+    def when_flushed(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once everything emitted so far has been written (now, if so)."""
+        self._drained.append(callback)
+        self.flush()
 
     def _final_flush(self, budget: float = 1.0) -> None:
         deadline = time.monotonic() + budget
