@@ -115,4 +115,3 @@ def test_not_root_tries_the_kernel_in_a_user_namespace_of_its_own() -> None:
     assert "labs run rootless" in found["root"]["detail"]
     assert {found[k]["status"] for k in ("netns", "veth", "bridge", "nftables")} == {"ok"}
     assert found["user namespaces"]["status"] == "ok"  # max_user_namespaces > 0 here
-
