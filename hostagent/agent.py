@@ -37,6 +37,7 @@ from hostagent.net import (
     Waiter,
     endpoint,
     pktinfo_address,
+    raw_socket,
     source_pktinfo,
 )
 from hostagent.ops import OPS
@@ -414,9 +415,9 @@ class HostAgent:
         for _ in range(ACCEPT_BATCH):
             try:
                 # socket.accept() reads the listener's family and type as enums (a
-                # conversion each) to make the new socket: the ints are known here.
+                # conversion each) to wrap the new socket: the ints are known here.
                 fd, _addr = s.sock._accept()  # type: ignore[attr-defined]  # CPython's own
-                conn = socket.socket(family, socket.SOCK_STREAM, 0, fileno=fd)
+                conn = raw_socket(family, socket.SOCK_STREAM, fd)
             except BlockingIOError:
                 return
             except OSError as exc:

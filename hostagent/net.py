@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hostagent.protocol import OpError
 
@@ -30,6 +30,17 @@ DATAGRAM_CAP = 1024  # unread datagrams kept per socket; the oldest are dropped 
 # The family as the int the C socket holds: `socket.family` converts it to an enum on
 # every read, a third of a new socket's record's cost (one per connection, thousands).
 _raw_family = _socket.socket.family.__get__
+
+
+def raw_socket(family: int, kind: int, fileno: int | None = None) -> socket.socket:
+    """A socket without Python's wrapper class around it (`_socket.socket`, the C type
+    `socket.socket` subclasses): it has every method the agent calls on a connection,
+    and costs ~2.7 us less to make and close, per connection, thousands a second. Typed
+    as `socket.socket` for its callers; nothing here uses what only the wrapper adds
+    (makefile, dup, accept, enum-valued family and type, a context manager)."""
+    return cast("socket.socket", _socket.socket(family, kind, 0, fileno))
+
+
 # A stream or a listener never queues a datagram: one shared queue that holds none.
 _NO_DATAGRAMS: collections.deque[Any] = collections.deque(maxlen=0)
 

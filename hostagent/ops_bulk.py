@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hostagent.net import Deadlines, endpoint, resolve
+from hostagent.net import Deadlines, endpoint, raw_socket, resolve
 from hostagent.ops import MAX_SOCK_ID, PROTOS, register
 from hostagent.protocol import DEFERRED, OpError, Request
 
@@ -202,7 +202,7 @@ class _Bulk:
 
     def _open(self, index: int) -> None:
         try:
-            sock = socket.socket(self.order.family, self.order.kind | SOCK_NONBLOCK)
+            sock = raw_socket(self.order.family, self.order.kind | SOCK_NONBLOCK)
         except OSError as exc:
             self.failed(index, OpError.from_os(exc, self.order.what))
             return

@@ -8,6 +8,7 @@ SO_REUSEPORT. The server's side of every connection is read from sock_diag and /
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -133,6 +134,12 @@ def test_multiplexing_names_a_stranger_holding_the_port(lab: Lab) -> None:
         ["python3", "-c", REUSEPORT_SERVER], name="stranger", user="nobody", ready="tcp/9090"
     )
     try:
+        # "ready" is met by the service's own listener on 9090 already: wait for the
+        # stranger's second one, or every connection may reach the service alone.
+        deadline = time.monotonic() + 10
+        while len(diag.sockets(web, "tcp", 4, states={"LISTEN"}, port=9090)) < 2:
+            assert time.monotonic() < deadline, "the stranger never listened on 9090"
+            time.sleep(0.02)
         checks = by_name(run_suite("multiplexing", lab, service="web:9090/tcp", connections=32))
     finally:
         stranger.stop()
