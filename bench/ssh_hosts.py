@@ -10,7 +10,7 @@ through a socket made in its `ctl` host. In one process, one lab with one ssh ho
 - host.run: `host.run(["true"])`, from request to exit status and output's end;
 - session floor: `exec_command("true")` on a new session of an open paramiko connection to
   the same sshd, to its exit status: what any process cost when each had its own session;
-- old agent: `python3` importing the agent from the uploaded zipapp on its own session,
+- old agent: `python3` importing the agent from a zipapp of sources on its own session,
   until its hello (how agents started before the helper; --old-runs times, it is slow);
 - local agent start, local host.run: the same on a namespace host of this machine (the
   sshd lab's `ctl`, through the lab's own fork server), for "as quick as local ones";
@@ -39,6 +39,7 @@ import paramiko
 
 from harness import Lab, LabHost
 from harness.core import _ssh
+from hostagent import build_zipapp
 from tests.integration.sshd import SshdLab
 
 TARGET = 0.050
@@ -90,6 +91,15 @@ def old_agent(client: paramiko.SSHClient, zipapp: str) -> float:
     return took
 
 
+def old_zipapp(client: paramiko.SSHClient, directory: str) -> str:
+    """The agent as it was uploaded before: sources only (compiled at every start)."""
+    with tempfile.TemporaryDirectory(prefix="nh-bench-ssh-") as tmp:
+        built = build_zipapp(Path(tmp) / "old-agent.pyz")
+        with client.open_sftp() as sftp:
+            sftp.put(str(built), f"{directory}/old-agent.pyz")  # goes with the directory
+    return f"{directory}/old-agent.pyz"
+
+
 def spread(values: list[float]) -> str:
     return (
         f"{statistics.median(values) * 1000:8.1f} ms "
@@ -122,7 +132,7 @@ def measure(sshd: SshdLab, runs: int, old_runs: int) -> dict[str, list[float]]:
     try:
         with Lab.up(topology, backend_options=options) as lab:
             host = lab.hosts["a"]
-            zipapp = f"{host.handle.details['dir']}/agent.pyz"
+            zipapp = old_zipapp(client, host.handle.details["dir"])
             probes: list[tuple[str, Callable[[], float]]] = [
                 ("agent start", lambda: agent_start(host, times["agent info"])),
                 ("host.run", lambda: run_true(host)),

@@ -340,7 +340,7 @@ class Relay:
             if self._zipapp is None:
                 from hostagent import build_zipapp
 
-                path = build_zipapp(self.ledger / ZIPAPP_NAME)
+                path = build_zipapp(self.ledger / ZIPAPP_NAME, bytecode=True)
                 self._zipapp = (path, hashlib.sha256(path.read_bytes()).hexdigest())
             return self._zipapp
 

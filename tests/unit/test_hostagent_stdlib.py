@@ -114,3 +114,29 @@ def test_owners_name_agents_as_the_fork_server_names_them() -> None:
     from hostagent import forkserver, owners
 
     assert forkserver.AGENT_COMM.decode() == owners.AGENT_COMM
+
+
+WHERE_FROM = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import hostagent.agent as a; print(a.__file__)"
+)
+
+
+def test_a_zipapp_with_bytecode_is_imported_from_it_by_the_same_python(tmp_path: Path) -> None:
+    built = hostagent.build_zipapp(tmp_path / "agent.pyz", bytecode=True)
+    run = [sys.executable, "-I", "-c", WHERE_FROM, str(built)]
+    found = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == f"{built}/hostagent/agent.pyc"  # nothing compiled at start
+
+
+def test_another_python_takes_the_sources_of_a_zipapp_with_bytecode(tmp_path: Path) -> None:
+    built = hostagent.build_zipapp(tmp_path / "agent.pyz", bytecode=True)
+    other = tmp_path / "other.pyz"  # its bytecode as another version's: a magic not ours
+    with zipfile.ZipFile(built) as source, zipfile.ZipFile(other, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            target.writestr(
+                item, b"\0\0\r\n" + data[4:] if item.filename.endswith(".pyc") else data
+            )
+    run = [sys.executable, "-I", "-c", WHERE_FROM, str(other)]
+    found = subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == f"{other}/hostagent/agent.py"
