@@ -43,12 +43,16 @@ What bounds the suite (py-spy over its TCP phase alone, 2 cores): at 10,000 the 
 the agents' interpreters on both sides. The server agents no longer report an `accepted`
 event per connection (the suite's account is their `sockets` listing, read once all are
 in), take each accepted socket's address from the listener instead of asking the kernel,
-make it without socket.accept()'s enum conversions, and register it with an epoll poller
-of their own instead of `selectors` (a record per registration); a socket's record has
-slots (1.0 us, was 4.8). That took the suite from 0.35-0.40x to 0.45-0.51x of the C
-client at 10,000, depending on the machine's load (one run each: 0.395x before, 0.455x,
-0.508x and 0.509x after). What is left is the interpreter around the same system calls
-the C processes make: per connection a client agent makes a socket object, connects,
+make it without socket.accept()'s enum conversions and as a bare `_socket.socket`, and
+register it with an epoll poller of their own instead of `selectors` (a record per
+registration); a socket's record has slots (1.0 us, was 4.8); a client agent resumes its
+paused garbage collector only once its answer is written (the catch-up took ~4 ms before
+the answer). That took the suite from 0.35-0.40x to 0.40-0.53x of the C client at
+10,000 (eight runs of five rounds as the changes came, other work loading the machine
+in some: the C client's median moved 57,961-90,102 conn/s over them, the suite's
+29,446-41,006), so the target sits inside the spread between runs. What is left is
+the interpreter around the same system calls the C processes make: per connection a
+client agent makes a socket object, connects,
 asks getpeername (the handshake over a veth pair completes inside connect(), so the
 kernel work of both sides lands in the client's call), sets TCP_NODELAY, makes a record
 (getsockname), registers it for reading and adds a result; a server agent accepts,
