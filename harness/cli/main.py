@@ -296,14 +296,14 @@ def clean(lab: str | None, dry_run: bool, quiet: bool) -> None:
 
             removed = _teardown.destroy_recorded(record)
             say(f"lab {record.id}: removed {', '.join(removed) or 'its ledger'}")
-    if userns.wanted() and record.alive and record.owner_pid is not None:
-        userns.join(record.owner_pid)  # where a rootless lab's namespaces have names
     if not records:
         say("nothing to clean")
 
 
 def _host_info(lab: str, host: str) -> dict[str, Any]:
     record = _ledger.find_lab(lab)
+    if userns.wanted() and record.alive and record.owner_pid is not None:
+        userns.join(record.owner_pid)  # where a rootless lab's namespaces have names
     hosts = record.info.get("hosts", {})
     if host not in hosts:
         raise UsageError(f"lab {lab} has no host {host!r} (hosts: {', '.join(sorted(hosts))})")
