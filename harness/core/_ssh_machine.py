@@ -3,12 +3,12 @@
 Nothing is created on the machine but one private temporary directory (mkdtemp, 0700)
 holding the agent zipapp, uploaded by SFTP. Two sessions run there for the lab's life:
 
+- the keeper (_KEEPER) makes the directory, prints its name, and removes it when its
+  stdin ends, whether we end it (teardown) or the connection drops (the relay or the
+  controller died): the directory lives exactly as long as this session;
 - the helper, `python3 -c _LAUNCH <dir>/agent.pyz <sha256>`: it checks the zipapp is the
   one we built, then runs hostagent.remote from it (a fork server that starts every agent
-  and command of this machine, its stdio in frames over the session);
-- the keeper, `cat >/dev/null; rm -rf <dir>`: its end removes the directory, whether we
-  end it (teardown) or the connection drops (the relay or the controller died).
-"""
+  and command of this machine, its stdio in frames over the session)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import paramiko
 
-from harness.core import _ssh
 from harness.errors import BackendError
 from hostagent import frames
 
@@ -31,6 +30,12 @@ _MKDTEMP = (
     "if sys.version_info < {v}: sys.exit('python ' + sys.version.split()[0] + ' < {t}')\n"
     "print(tempfile.mkdtemp(prefix='netharness-'))"
 ).format(v=MIN_PYTHON, t=".".join(map(str, MIN_PYTHON)))
+# The keeper makes the directory (python3's mkdtemp: it checks there is a python3, 127 if
+# not, and its version) and removes it when its stdin ends, or the connection does: the
+# directory lives exactly as long as this session.
+_KEEPER = (
+    f'd=$(python3 -c {shlex.quote(_MKDTEMP)}) || exit $?; echo "$d"; cat >/dev/null; rm -rf -- "$d"'
+)
 # The trailing "hostagent.forkserver" on its command line is for hostagent.owners: agents
 # are forks of the helper's fork server and show its command line, which that word names.
 _LAUNCH = (
@@ -72,8 +77,7 @@ class Machine:
         """Make the directory, upload the agent, start the helper (blocking). The client
         is the Machine's from here, or closed if this fails."""
         try:
-            directory = _make_directory(client, name)
-            keeper = _keeper(client, directory, name)
+            keeper, directory = _keeper(client, name)
             try:
                 target = f"{directory}/{AGENT_FILE}"
                 _upload(client, zipapp[0], target)
@@ -134,28 +138,32 @@ class Machine:
             self.client.close()
 
 
-def _make_directory(client: paramiko.SSHClient, name: str) -> str:
-    status, out, err = _ssh.run(client, name, f"python3 -c {shlex.quote(_MKDTEMP)}")
-    if status == 127:
-        raise BackendError(
-            "python3 is not installed there; the agent needs python3 "
-            f"{'.'.join(map(str, MIN_PYTHON))} or newer (e.g. `apt-get install "
-            "python3-minimal`)",
-            host=name,
-        )
-    if status != 0 or not out.strip().startswith("/"):
-        raise BackendError(
-            f"cannot make a temporary directory with python3: {err.strip() or out}",
-            host=name,
-        )
-    return out.strip()
-
-
-def _keeper(client: paramiko.SSHClient, directory: str, host: str) -> paramiko.Channel:
-    """A channel whose end (EOF, or the connection dropping) removes `directory`."""
-    channel = _open_session(client, host)
-    channel.exec_command(f"cat >/dev/null; rm -rf -- {shlex.quote(directory)}")
-    return channel
+def _keeper(client: paramiko.SSHClient, name: str) -> tuple[paramiko.Channel, str]:
+    """The keeper session and the directory it made."""
+    channel = _open_session(client, name)
+    try:
+        channel.exec_command(_KEEPER)
+        channel.settimeout(READY_TIMEOUT)
+        directory = channel.makefile("rb").readline().decode(errors="replace").strip()
+        channel.settimeout(None)
+        if directory.startswith("/"):
+            return channel, directory
+        status, why = _why_ended(channel)
+        if status == 127:
+            raise BackendError(
+                "python3 is not installed there; the agent needs python3 "
+                f"{'.'.join(map(str, MIN_PYTHON))} or newer (e.g. `apt-get install "
+                "python3-minimal`)",
+                host=name,
+            )
+        raise BackendError(f"cannot make a temporary directory: {why}", host=name)
+    except TimeoutError:
+        channel.close()
+        message = f"no temporary directory made within {READY_TIMEOUT:g} s"
+        raise BackendError(message, host=name) from None
+    except BaseException:
+        channel.close()
+        raise
 
 
 def _upload(client: paramiko.SSHClient, path: Path, target: str) -> None:
@@ -177,7 +185,8 @@ def _start_helper(
         while True:
             data = channel.recv(frames.CHUNK)
             if not data:
-                raise BackendError(f"the helper did not start: {_why_ended(channel)}", host=name)
+                _, why = _why_ended(channel)
+                raise BackendError(f"the helper did not start: {why}", host=name)
             found = decoder.feed(data)
             if found and found[0][0] == frames.CONTROL and "ready" in frames.message(found[0][2]):
                 break
@@ -195,15 +204,16 @@ def _start_helper(
         raise
 
 
-def _why_ended(channel: paramiko.Channel) -> str:
-    """A session that ended early: the end of its stderr and its exit status."""
+def _why_ended(channel: paramiko.Channel) -> tuple[int | None, str]:
+    """A session that ended early: its exit status, and it with the end of its stderr."""
     channel.status_event.wait(5)
     error = b""
     while channel.recv_stderr_ready():
         error += channel.recv_stderr(frames.CHUNK)
     lines = error.decode(errors="replace").strip().splitlines()
-    status = channel.exit_status if channel.exit_status_ready() else "unknown"
-    return f"exit status {status}: {' / '.join(lines[-3:]) or 'no message'}"
+    status = channel.exit_status if channel.exit_status_ready() else None
+    said = " / ".join(lines[-3:]) or "no message"
+    return status, f"exit status {'unknown' if status is None else status}: {said}"
 
 
 def _open_session(client: paramiko.SSHClient, host: str) -> paramiko.Channel:

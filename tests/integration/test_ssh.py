@@ -25,7 +25,7 @@ from harness import Lab
 from harness.checks import probe
 from harness.checks.suites import run_suite
 from harness.core import _netns, ledger
-from harness.errors import BackendError, HostKeyRefused
+from harness.errors import BackendError, HarnessError, HostKeyRefused
 from harness.observe import diag
 from harness.topology import parse_topology
 from hostagent.owners import AGENT_COMM
@@ -481,3 +481,12 @@ def test_a_killed_owner_of_an_up_lab_leaves_nothing_on_its_machines(
     assert all(agents_in(sshd, n, d) for n, d in dirs.items())
     os.kill(said["owner_pid"], signal.SIGKILL)  # the lab's fork server: its reaper acts
     wait_until_nothing_left(sshd, said["id"], dirs)
+
+
+def test_a_command_that_times_out_is_killed_on_the_machine(lab: Lab, tmp_path: Path) -> None:
+    marker = tmp_path / "pid"  # the machines share this file system
+    command = ["sh", "-c", f"echo $$ > {marker}; exec sleep 31.5"]
+    with pytest.raises(HarnessError, match=r"did not finish within 0\.5 s in host b"):
+        lab.hosts["b"].run(command, timeout=0.5)
+    pid = int(marker.read_text())  # it did start there
+    assert comm(pid) is None  # SIGKILLed there, and reaped before run() raised
