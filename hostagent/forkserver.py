@@ -117,6 +117,16 @@ def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
+def receive(sock: socket.socket, max_fds: int = MAX_FDS) -> tuple[bytes, list[int]]:
+    """One message and the descriptors passed with it (at most `max_fds`); b"" at EOF or
+    on an error."""
+    try:
+        data, ancillary, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(max_fds * 4))
+    except OSError:
+        data, ancillary = b"", []
+    return data, received_fds(ancillary)
+
+
 def _before_setsid(pid: int) -> bool:
     """Whether `pid` lives and does not lead its own process group yet."""
     try:
@@ -293,13 +303,7 @@ class ForkServer:
         self.finish()
 
     def on_control(self) -> None:
-        try:
-            data, ancdata, _flags, _addr = self.control.recvmsg(
-                MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * 4)
-            )
-        except OSError:
-            data, ancdata = b"", []
-        fds = received_fds(ancdata)
+        data, fds = receive(self.control)
         if not data:
             self.on_eof()
             return

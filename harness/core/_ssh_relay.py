@@ -56,11 +56,10 @@ from harness.core import _ssh
 from harness.core._ssh_machine import END_TIMEOUT, Machine
 from harness.errors import BackendError, HarnessError
 from hostagent import frames
-from hostagent.forkserver import received_fds
+from hostagent.forkserver import receive
 
 SOCKET_NAME = "ssh.sock"  # in the lab's ledger directory
 ZIPAPP_NAME = "ssh-agent.pyz"  # built there once, uploaded to every machine
-MAX_MESSAGE = 65536
 MAX_FDS = 3
 SPAWN_KEYS = ("argv", "user", "env_add", "cwd", "report", "grace")
 
@@ -171,13 +170,7 @@ class Relay:
         self.selector.register(sock, selectors.EVENT_READ, ("client", client))
 
     def on_client(self, client: Client) -> None:
-        try:
-            data, ancillary, _flags, _addr = client.sock.recvmsg(
-                MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * 4)
-            )
-        except OSError:
-            data, ancillary = b"", []
-        fds = received_fds(ancillary)
+        data, fds = receive(client.sock, MAX_FDS)
         if not data:
             _close_all(fds)
             self.leave(client)
